@@ -1,0 +1,1 @@
+"""torch.library registration of the softgrpo ops and their public wrappers."""

@@ -1,0 +1,75 @@
+"""Reference for one soft-thinking rollout step (spec section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from softgrpo import philox
+
+
+def topk_sorted(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row of ``z`` (B, V): values descending, ties broken by the smaller id.
+
+    torch.topk leaves the order of ties unspecified; this order is the one the kernel uses,
+    so both paths pick the same tokens even for bf16 logits full of ties."""
+    kth = torch.topk(z, k, dim=-1).values[:, -1:]
+    above = z > kth
+    tied = z == kth
+    need = k - above.sum(-1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(-1, dtype=torch.int32) <= need))
+    ids = chosen.nonzero()[:, 1].view(z.shape[0], k)  # exactly k per row, ascending id
+    vals = z.gather(-1, ids)
+    order = torch.sort(vals, dim=-1, descending=True, stable=True).indices
+    return vals.gather(-1, order), ids.gather(-1, order)
+
+
+def filtered(vals: torch.Tensor, top_p: float) -> torch.Tensor:
+    """p_hat of spec 2.2 from the sorted top-k logits: renormalise, nucleus, renormalise."""
+    p = torch.softmax(vals, dim=-1)  # the full-vocabulary normaliser cancels in the renorm
+    p = p.masked_fill(p.cumsum(-1) - p > top_p, 0.0)  # cut once the mass before a slot > top_p
+    return p / p.sum(-1, keepdim=True)
+
+
+def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, tau: float,
+                noise_scale: float, seed: torch.Tensor, offset: torch.Tensor,
+                thinking: torch.Tensor, clamp_lo: float, clamp_hi: float, discrete_k: int,
+                discrete_top_p: float, mask_threshold: float, eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    greedy = temperature == 0.0
+    z = logits.float() / (1.0 if greedy else temperature)  # greedy: distribution at T = 1
+    vals, ids = topk_sorted(z, max(k, discrete_k))
+    seed, offset = seed[:, None], offset[:, None]
+
+    # Soft rows: perturbed log-probs y = l + c g with clamped Gumbel noise, slots by y.
+    p = filtered(vals[:, :k], top_p)
+    l_soft = torch.log(p + eps)
+    soft_ids = ids[:, :k]
+    g = torch.zeros_like(l_soft) if greedy else philox.gumbel(seed, offset, soft_ids)
+    g = g.clamp(clamp_lo, clamp_hi)
+    y = l_soft + noise_scale * g
+    order = torch.sort(y, dim=-1, descending=True, stable=True).indices
+    y, soft_ids, g, l_soft = (t.gather(-1, order) for t in (y, soft_ids, g, l_soft))
+    weights = torch.softmax(y / tau, dim=-1)
+    kept = (l_soft > mask_threshold).float()
+    soft_logprob = (kept * (-g - torch.exp(-g))).sum(-1) / kept.sum(-1)
+
+    # Discrete rows: exact Gumbel-max (unclamped, unscaled noise) over the kept slots.
+    p_d = filtered(vals[:, :discrete_k], discrete_top_p)
+    l_d = torch.log(p_d + eps)
+    cand = ids[:, :discrete_k]
+    g_d = torch.zeros_like(l_d) if greedy else philox.gumbel(seed, offset, cand)
+    pick = (l_d + g_d).masked_fill(p_d == 0, -math.inf).argmax(-1, keepdim=True)
+    token = cand.gather(-1, pick)
+    token_logprob = (z.gather(-1, token) - torch.logsumexp(z, -1, keepdim=True)).squeeze(-1)
+    first = torch.zeros_like(y, dtype=torch.bool)
+    first[:, 0] = True
+    d_ids = torch.where(first, token, 0)
+    d_perturbed = torch.where(first, l_d.gather(-1, pick), 0.0)
+
+    rows = thinking[:, None]
+    return (torch.where(rows, soft_ids, d_ids),
+            torch.where(rows, y, d_perturbed),
+            torch.where(rows, weights, first.float()),
+            torch.where(thinking, soft_logprob, token_logprob))

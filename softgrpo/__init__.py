@@ -6,10 +6,13 @@ from softgrpo.ops.embedding import gumbel_softmax_weights, soft_embedding, soft_
 from softgrpo.ops.logprob import soft_logprob
 from softgrpo.ops.sampling import SoftSample, soft_sample
 from softgrpo.philox import noise_key
+from softgrpo.rollout import Rollout, SoftThinkingConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Rollout",
+    "SoftThinkingConfig",
     "SoftSample",
     "gumbel_softmax_weights",
     "noise_key",

@@ -1,0 +1,171 @@
+"""What every rollout backend shares: the soft-thinking config, the Rollout record (spec
+section 3), the think-end tracker and the conversion of a think-end step to a discrete row.
+
+Noise keys (spec 8): the noise of sequence ``s`` at response position ``t`` (0-based index of
+the generated token) and token ``v`` is Philox(key=noise_key(config.seed, s), counter=(v, t)),
+so a rollout can be replayed exactly and does not depend on the batch or backend it ran in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from softgrpo import _checks
+from softgrpo.ops.sampling import SoftSample
+
+
+@dataclass(frozen=True)
+class SoftThinkingConfig:
+    """Rollout settings; the defaults are the published runs' (spec section 6).
+
+    k, temperature, top_p: thinking-phase filter (top-k width = soft-token width).
+    tau, noise_scale, noise_clamp: Gumbel-softmax temperature, noise scale c, noise bounds.
+    after_top_k, after_top_p: the filter for ordinary sampling after the think-end sequence.
+    think_end: the string that ends thinking (matched as its full token sequence).
+    max_new_tokens: response budget. max_thinking_tokens: after this many thinking steps the
+    think-end sequence is forced (its tokens are marked in Rollout.forced_mask).
+    seed: the run's noise seed (32 bits). mode: "soft" (soft thinking) or "discrete" (every
+    step an ordinary sampled token, the GRPO baseline).
+    """
+
+    k: int = 5
+    temperature: float = 1.0
+    top_p: float = 0.95
+    tau: float = 0.1
+    noise_scale: float = 1.0
+    noise_clamp: tuple[float, float] | None = (-1.5, 3.0)
+    after_top_k: int = 5
+    after_top_p: float = 0.95
+    think_end: str = "</think>"
+    max_new_tokens: int = 8192
+    max_thinking_tokens: int | None = None
+    seed: int = 0
+    mode: str = "soft"
+
+    def __post_init__(self) -> None:
+        _checks.integer("k", self.k, 1)
+        _checks.integer("after_top_k", self.after_top_k, 1)
+        _checks.real("temperature", self.temperature, low=0.0, high=math.inf, high_open=True)
+        for name in ("top_p", "after_top_p"):
+            _checks.real(name, getattr(self, name), low=0.0, high=1.0, low_open=True)
+        _checks.real("tau", self.tau, low=0.0, high=math.inf, low_open=True, high_open=True)
+        _checks.real("noise_scale", self.noise_scale, low=0.0, high=math.inf, high_open=True)
+        _checks.clamp_range("noise_clamp", self.noise_clamp)
+        if not isinstance(self.think_end, str) or not self.think_end:
+            raise ValueError(f"think_end must be a non-empty string, got {self.think_end!r}")
+        _checks.integer("max_new_tokens", self.max_new_tokens, 1)
+        if self.max_thinking_tokens is not None:
+            _checks.integer("max_thinking_tokens", self.max_thinking_tokens, 0)
+        _checks.integer("seed", self.seed, 0, 2**32 - 1)
+        if self.mode not in ("soft", "discrete"):
+            raise ValueError(f"mode must be 'soft' or 'discrete', got {self.mode!r}")
+        if math.log(1.0 / self.k + 1e-6) <= -3.0:
+            raise ValueError(f"k must be <= 20 (got {self.k}): with more slots a soft step can "
+                             "keep none and its log-prob is undefined (spec 4)")
+
+    def replace(self, **changes) -> SoftThinkingConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Rollout:
+    """Padded per-position records of B sequences, everything spec section 3 lists.
+
+    prompt_ids (B, P) int64, left-padded; prompt_mask (B, P) bool.
+    response_ids (B, L) int64 text tokens, right-padded; response_mask (B, L) bool.
+    thinking_mask (B, L) bool: soft rows. forced_mask (B, L) bool: tokens forced by
+    max_thinking_tokens (not sampled; exclude them from a loss).
+    topk_ids (B, L, k) int64 and perturbed (B, L, k) fp32: the records, discrete rows in the
+    convention [s, 0, ..., 0] / [l_s, 0, ..., 0].
+    logprobs (B, L) fp32: rollout-side log-probs. finished (B,) bool: ended with EOS.
+    sequence_ids (B,) int64: the noise key's sequence of each row. texts: decoded responses.
+    config: the SoftThinkingConfig the rollout ran with (tau, temperature, noise, seed, ...).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    thinking_mask: torch.Tensor
+    forced_mask: torch.Tensor
+    topk_ids: torch.Tensor
+    perturbed: torch.Tensor
+    logprobs: torch.Tensor
+    finished: torch.Tensor
+    sequence_ids: torch.Tensor
+    texts: list[str] = field(default_factory=list)
+    config: SoftThinkingConfig = field(default_factory=SoftThinkingConfig)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def to(self, device: torch.device | str) -> Rollout:
+        return dataclasses.replace(self, **{n: t.to(device) for n, t in self.tensors().items()})
+
+    def save(self, path: str | Path) -> None:
+        """torch.save of plain tensors, strings and numbers (loadable with weights_only)."""
+        torch.save({"tensors": self.tensors(), "texts": list(self.texts),
+                    "config": dataclasses.asdict(self.config)}, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Rollout:
+        blob = torch.load(Path(path), map_location=map_location, weights_only=True)
+        config = dict(blob["config"])
+        if config.get("noise_clamp") is not None:
+            config["noise_clamp"] = tuple(config["noise_clamp"])
+        return cls(**blob["tensors"], texts=blob["texts"], config=SoftThinkingConfig(**config))
+
+
+class RolloutBackend(Protocol):
+    """What the trainer needs from a rollout engine (HF adapter, vLLM adapter)."""
+
+    def generate(self, prompts: list[str], config: SoftThinkingConfig,
+                 sequence_ids: torch.Tensor | None = None) -> Rollout: ...
+
+    def load_weights(self, model: torch.nn.Module) -> None: ...
+
+
+class ThinkEndTracker:
+    """Per-row detector of the full think-end token sequence in the text tokens (the release
+    checked only its last sub-token, wrong for tokenizers that split it)."""
+
+    def __init__(self, pattern: list[int], rows: int, device: torch.device | str = "cpu"):
+        if not pattern:
+            raise ValueError("the think-end token sequence is empty")
+        self.pattern = torch.tensor(pattern, dtype=torch.int64, device=device)
+        self.window = torch.full((rows, len(pattern)), -1, dtype=torch.int64, device=device)
+
+    def push(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Append one token per row (or to ``rows`` only); returns (n,) bool: the window now
+        ends with the pattern."""
+        window = self.window if rows is None else self.window[rows]
+        window = torch.cat([window[:, 1:], tokens.view(-1, 1).to(window)], dim=1)
+        if rows is None:
+            self.window = window
+        else:
+            self.window[rows] = window
+        return (window == self.pattern).all(dim=1)
+
+
+def to_discrete(sample: SoftSample, rows: torch.Tensor, logits: torch.Tensor,
+                temperature: float) -> SoftSample:
+    """Store the steps ``rows`` (a (B,) bool mask) of a soft sample as discrete rows: the step
+    that completes the think-end sequence (spec 2). Its token is kept; ids [s, 0, ..., 0],
+    weights [1, 0, ..., 0], perturbed [y_s, 0, ..., 0] (the perturbed value s was chosen
+    with), logprob = log p(s) under the full softmax at ``temperature`` (1 when greedy)."""
+    first = torch.zeros_like(sample.ids, dtype=torch.bool)
+    first[:, 0] = True
+    keep = rows[:, None] & ~first
+    z = logits.float() / (temperature or 1.0)
+    token_lp = z.gather(-1, sample.token[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
+    ids = sample.ids.masked_fill(keep, 0)
+    return SoftSample(ids, sample.perturbed.masked_fill(keep, 0.0),
+                      torch.where(rows[:, None], first.float(), sample.weights), ids[:, 0],
+                      torch.where(rows, token_lp, sample.logprob))

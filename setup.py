@@ -1,6 +1,6 @@
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # torch: a lower bound only, users bring their own CPU or CUDA build.
 install_requires = ["torch>=2.6", "numpy"]
@@ -16,13 +16,20 @@ extras = {
     "verl": [],
 }
 
+# kernels/ and adapters/ install as softgrpo.kernels and softgrpo.adapters: a top-level
+# `kernels` would collide with Hugging Face's `kernels` package, which transformers imports.
+packages = ["softgrpo", *(f"softgrpo.{p}" for p in find_packages("softgrpo"))]
+for name, folder in (("softgrpo.kernels", "kernels"), ("softgrpo.adapters", "adapters")):
+    packages += [name, *(f"{name}.{p}" for p in find_packages(folder))]
+
 setup(
     name="softgrpo",
     version="0.1.0",
     description="Fused Triton kernels and adapters for SofT-GRPO (soft-thinking RL)",
     python_requires=">=3.10",
-    packages=["softgrpo", "softgrpo.reference", "softgrpo.ops", "softgrpo.kernels", "softgrpo.adapters"],
+    packages=packages,
     package_dir={"softgrpo.kernels": "kernels", "softgrpo.adapters": "adapters"},
     install_requires=install_requires,
     extras_require=extras,
+    entry_points={"console_scripts": ["softgrpo = softgrpo.cli:main"]},
 )

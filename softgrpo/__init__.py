@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Rollout",
-    "SoftThinkingConfig",
     "SoftSample",
+    "SoftThinkingConfig",
     "gumbel_softmax_weights",
     "noise_key",
     "soft_embedding",

@@ -3,26 +3,24 @@ soft_token_embedding, each a torch.ops.softgrpo op with a custom backward op."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from softgrpo import _checks
 from softgrpo import reference as ref
-from softgrpo.reference.common import compute_dtype
 from softgrpo.ops.registry import on_cuda
+from softgrpo.reference.common import compute_dtype
 
 Tensor = torch.Tensor
 
 
 # ---- gumbel_softmax_weights ------------------------------------------------------------------
 @torch.library.custom_op("softgrpo::gumbel_softmax_weights", mutates_args=())
-def _gsw(perturbed: Tensor, tau: float, ids: Optional[Tensor]) -> Tensor:
+def _gsw(perturbed: Tensor, tau: float, ids: Tensor | None) -> Tensor:
     return ref.gumbel_softmax_weights(perturbed, tau, ids)
 
 
 @torch.library.custom_op("softgrpo::gumbel_softmax_weights_backward", mutates_args=())
-def _gsw_bwd(grad: Tensor, weights: Tensor, tau: float, ids: Optional[Tensor]) -> Tensor:
+def _gsw_bwd(grad: Tensor, weights: Tensor, tau: float, ids: Tensor | None) -> Tensor:
     return ref.gumbel_softmax_weights_backward(grad, weights, tau, ids)
 
 

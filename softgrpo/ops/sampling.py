@@ -80,7 +80,8 @@ def soft_sample(logits: torch.Tensor, k: int = 5, *, temperature: float = 1.0,
 
     Args:
         logits: (B, V) fp32, bf16 or fp16 next-token logits. -inf masks a token; NaN, or a row
-            that is all -inf, raises ValueError.
+            that is all -inf, raises ValueError. Sampling is not differentiated: the logits are
+            detached.
         k: soft-token width, 1 <= k <= V.
         temperature: T >= 0. T == 0 is greedy: no noise, the filtered distribution is taken at
             T = 1, token = argmax, and the soft weights are softmax(log p_hat / tau), the
@@ -129,6 +130,6 @@ def soft_sample(logits: torch.Tensor, k: int = 5, *, temperature: float = 1.0,
         raise ValueError(f"thinking must have shape ({b},), got {tuple(thinking.shape)}")
     _checks.same_device(logits=logits, thinking=thinking)
     ids, perturbed, weights, logprob = torch.ops.softgrpo.soft_sample(
-        logits, k, temperature, top_p, tau, noise_scale, seed_t, offset_t, thinking, lo, hi,
+        logits.detach(), k, temperature, top_p, tau, noise_scale, seed_t, offset_t, thinking, lo, hi,
         discrete_k, discrete_top_p, mask_threshold, eps)
     return SoftSample(ids, perturbed, weights, ids[:, 0], logprob)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+import torch
 from torch._library.custom_ops import CustomOpDef
 
 
@@ -21,6 +22,8 @@ def on_cuda(op: CustomOpDef, module: str, name: str,
         if check is not None:
             check(*args)
         launcher = getattr(importlib.import_module(f"softgrpo.kernels.{module}"), name)
-        return launcher(*args)
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        with torch.cuda.device(device):  # Triton launches on the current device
+            return launcher(*args)
 
     op.register_kernel("cuda")(cuda_kernel)

@@ -1,0 +1,171 @@
+"""Triton kernels of soft_logprob (softgrpo/reference/logprob.py is the spec).
+
+Design, one program per row (leading dims flattened, logits rows may have any row stride):
+- Soft row: gathers only its K logits; lp = log(softmax(z[ids] / T) + eps), the
+  full-vocabulary normaliser cancels, then the clamped Gumbel log-density, masked mean or sum.
+- Discrete row (all(ids[..., 1:] == 0)): one online log-sum-exp pass over the vocabulary in
+  BLOCK_V chunks. Not split across programs: with many discrete rows (prompts, answers) the
+  rows already fill the GPU; with a handful, one program streams a V=151936 row in tens of
+  microseconds, and a split would cost a second launch and a combine step for that.
+- Backward allocates nothing but grad_logits (torch.empty, no memset followed by a second
+  pass): a soft row streams zeros over its row, then writes its K entries; a discrete row
+  recomputes its log-sum-exp and writes (onehot - softmax) * grad / T. The dense N x V
+  output is the cost floor of this op's backward (one write of the logits' size).
+- Computes in fp32 from fp32/bf16/fp16 logits. fp64 inputs (gradcheck) run the reference
+  instead: Triton passes the scalars (temperature, eps, bounds) as fp32, so an fp64 kernel
+  could not reproduce the fp64 reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from softgrpo.kernels.embedding import block_k, discrete_row, rows_2d
+
+from softgrpo import reference as ref
+from softgrpo.reference.common import compute_dtype
+
+BLOCK_V = 4096  # vocabulary chunk of the log-sum-exp and gradient passes (8 warps)
+NUM_WARPS = 8
+
+
+@triton.jit
+def _record_row(z_row, ids_ptr, y_ptr, row, K, temperature, BLOCK_K: tl.constexpr):
+    """A row's ids (int64), perturbed y and K temperature-scaled logits z[ids] / T (fp32)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_k = offs_k < K
+    ids = tl.load(ids_ptr + row * K + offs_k, mask=mask_k, other=0).to(tl.int64)
+    y = tl.load(y_ptr + row * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    zk = tl.load(z_row + ids, mask=mask_k, other=0.0).to(tl.float32) / temperature
+    return ids, y, zk, offs_k, mask_k
+
+
+@triton.jit
+def _soft_terms(zk, y, mask_k, clamp_lo, clamp_hi, mask_threshold, eps):
+    """Per-slot pieces of a soft row (as reference _soft_terms): softmax s, clamped noise g,
+    Gumbel log-density, kept mask (lp > threshold) and inside-the-clamp mask (bool)."""
+    zk = tl.where(mask_k, zk, float("-inf"))  # padding lanes drop out of the softmax
+    e = tl.exp(zk - tl.max(zk, axis=0))  # max-shifted softmax over the K logits only
+    s = e / tl.sum(e, axis=0)
+    lp = tl.log(s + eps)
+    raw = y - lp
+    g = tl.minimum(tl.maximum(raw, clamp_lo), clamp_hi)  # noise recovered under this policy
+    density = -g - tl.exp(-g)  # Gumbel(0, 1) log-density
+    kept = (lp > mask_threshold) & mask_k  # taken on the current policy, not differentiated
+    inside = (raw >= clamp_lo) & (raw <= clamp_hi)
+    return s, g, density, kept, inside
+
+
+@triton.jit
+def _row_lse(z_row, V, temperature, BLOCK_V: tl.constexpr):
+    """log-sum-exp of z_row[:V] / T in one online pass (fp32)."""
+    m = -3.0e38  # finite start: an all -inf chunk rescales by exp(0) * 0, not exp(nan)
+    d = 0.0
+    for v0 in range(0, V, BLOCK_V):
+        offs = v0 + tl.arange(0, BLOCK_V)
+        x = tl.load(z_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        x = x / temperature
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)  # rescale the old sum
+        m = m_new
+    return m + tl.log(d)
+
+
+@triton.jit
+def _logprob_kernel(z_ptr, stride_z, ids_ptr, y_ptr, out_ptr, V, temperature, clamp_lo,
+                    clamp_hi, mask_threshold, eps, K, BLOCK_K: tl.constexpr,
+                    BLOCK_V: tl.constexpr, MEAN: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * stride_z
+    ids, y, zk, offs_k, mask_k = _record_row(z_row, ids_ptr, y_ptr, row, K, temperature,
+                                             BLOCK_K)
+    if discrete_row(ids, offs_k):
+        out = tl.sum(tl.where(offs_k == 0, zk, 0.0), axis=0) - _row_lse(z_row, V, temperature,
+                                                                         BLOCK_V)
+    else:
+        _, _, density, kept, _ = _soft_terms(zk, y, mask_k, clamp_lo, clamp_hi,
+                                             mask_threshold, eps)
+        out = tl.sum(tl.where(kept, density, 0.0), axis=0)
+        if MEAN:
+            out = out / tl.sum(kept.to(tl.float32), axis=0)
+    tl.store(out_ptr + row, out)
+
+
+@triton.jit
+def _logprob_bwd_kernel(grad_ptr, z_ptr, stride_z, ids_ptr, y_ptr, dz_ptr, V, temperature,
+                        clamp_lo, clamp_hi, mask_threshold, eps, K, BLOCK_K: tl.constexpr,
+                        BLOCK_V: tl.constexpr, MEAN: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * stride_z
+    dz_row = dz_ptr + row * V
+    go = tl.load(grad_ptr + row).to(tl.float32)
+    ids, y, zk, offs_k, mask_k = _record_row(z_row, ids_ptr, y_ptr, row, K, temperature,
+                                             BLOCK_K)
+    if discrete_row(ids, offs_k):
+        lse = _row_lse(z_row, V, temperature, BLOCK_V)
+        label = tl.sum(tl.where(offs_k == 0, ids, 0), axis=0)
+        scale = go / temperature
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + tl.arange(0, BLOCK_V)
+            x = tl.load(z_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+            d = (tl.where(offs == label, 1.0, 0.0) - tl.exp(x / temperature - lse)) * scale
+            tl.store(dz_row + offs, d.to(dz_ptr.dtype.element_ty), mask=offs < V)
+    else:
+        s, g, _, kept, inside = _soft_terms(zk, y, mask_k, clamp_lo, clamp_hi, mask_threshold,
+                                            eps)
+        coef = go
+        if MEAN:
+            coef = go / tl.sum(kept.to(tl.float32), axis=0)
+        # d density / d lp, inside the clamp and on kept slots only
+        d_lp = tl.where(kept & inside, coef * (1.0 - tl.exp(-g)), 0.0)
+        a = d_lp / (s + eps)  # through lp = log(s + eps)
+        d_zk = s * (a - tl.sum(a * s, axis=0)) / temperature  # softmax VJP, then 1 / T
+        # equal ids in a row share one entry: every one of them stores the sum of their terms
+        same = (ids[:, None] == ids[None, :]) & mask_k[None, :]
+        d_zk = tl.sum(tl.where(same, d_zk[None, :], 0.0), axis=1)
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + tl.arange(0, BLOCK_V)
+            tl.store(dz_row + offs, tl.zeros([BLOCK_V], dtype=dz_ptr.dtype.element_ty),
+                     mask=offs < V)
+        tl.debug_barrier()  # the K stores below land after all of this program's zeros
+        tl.store(dz_row + ids, d_zk.to(dz_ptr.dtype.element_ty), mask=mask_k)
+
+
+# ---- launchers (same signatures, results and dtypes as softgrpo.reference.logprob) ---------
+def _launch(kernel, out: torch.Tensor, extra: tuple, logits: torch.Tensor, ids: torch.Tensor,
+            perturbed: torch.Tensor, temperature: float, clamp_lo: float, clamp_hi: float,
+            mask_threshold: float, eps: float, reduction: str) -> None:
+    k, v = ids.shape[-1], logits.shape[-1]
+    z = rows_2d(logits, v)
+    if z.shape[0]:
+        kernel[(z.shape[0],)](*extra, z, z.stride(0), ids.reshape(-1, k).contiguous(),
+                              perturbed.reshape(-1, k).contiguous(), out, v, temperature,
+                              clamp_lo, clamp_hi, mask_threshold, eps, k,
+                              BLOCK_K=block_k(k), BLOCK_V=min(BLOCK_V, triton.next_power_of_2(v)),
+                              MEAN=reduction == "mean", num_warps=NUM_WARPS)
+
+
+def soft_logprob(logits: torch.Tensor, ids: torch.Tensor, perturbed: torch.Tensor,
+                 temperature: float, clamp_lo: float, clamp_hi: float, mask_threshold: float,
+                 eps: float, reduction: str) -> torch.Tensor:
+    args = (logits, ids, perturbed, temperature, clamp_lo, clamp_hi, mask_threshold, eps,
+            reduction)
+    if compute_dtype(logits, perturbed) == torch.float64:
+        return ref.soft_logprob(*args)
+    out = torch.empty(ids.shape[:-1], dtype=torch.float32, device=logits.device)
+    _launch(_logprob_kernel, out, (), *args)
+    return out
+
+
+def soft_logprob_backward(grad: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
+                          perturbed: torch.Tensor, temperature: float, clamp_lo: float,
+                          clamp_hi: float, mask_threshold: float, eps: float,
+                          reduction: str) -> torch.Tensor:
+    args = (logits, ids, perturbed, temperature, clamp_lo, clamp_hi, mask_threshold, eps,
+            reduction)
+    if compute_dtype(logits, perturbed) == torch.float64:
+        return ref.soft_logprob_backward(grad, *args)
+    grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    _launch(_logprob_bwd_kernel, grad_logits, (grad.reshape(-1).contiguous(),), *args)
+    return grad_logits

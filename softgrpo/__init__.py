@@ -4,6 +4,7 @@ Importing this package registers the torch.ops.softgrpo.* ops."""
 
 from softgrpo.loss import aggregate, grpo_advantages, kl_penalty, policy_loss, softgrpo_loss
 from softgrpo.ops.embedding import gumbel_softmax_weights, soft_embedding, soft_token_embedding
+from softgrpo.ops.fused_linear import soft_logprob_from_hidden
 from softgrpo.ops.logprob import soft_logprob
 from softgrpo.ops.sampling import SoftSample, soft_sample
 from softgrpo.philox import noise_key
@@ -37,6 +38,7 @@ __all__ = [
     "policy_loss",
     "soft_embedding",
     "soft_logprob",
+    "soft_logprob_from_hidden",
     "soft_sample",
     "soft_token_embedding",
     "softgrpo_loss",

@@ -60,3 +60,17 @@ def test_torch_compile_fullgraph():
              .sum())
     torch.testing.assert_close(out.detach(), eager)
     assert logits.grad is not None and yg.grad is not None
+
+
+def test_autocast_does_not_lower_the_ops_precision():
+    ids, y = records()
+    table = torch.randn(V, H)
+    hidden, weight = torch.randn(5, H), torch.randn(V, H)
+    plain = (softgrpo.soft_token_embedding(table, ids, y, 0.1),
+             softgrpo.soft_logprob_from_hidden(hidden, weight, ids, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = (softgrpo.soft_token_embedding(table, ids, y, 0.1),
+                  softgrpo.soft_logprob_from_hidden(hidden, weight, ids, y))
+    for a, b in zip(plain, inside):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

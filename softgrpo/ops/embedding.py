@@ -7,7 +7,7 @@ import torch
 
 from softgrpo import _checks
 from softgrpo import reference as ref
-from softgrpo.ops.registry import on_cuda
+from softgrpo.ops.registry import on_cuda, without_autocast
 from softgrpo.reference.common import compute_dtype
 
 Tensor = torch.Tensor
@@ -15,11 +15,13 @@ Tensor = torch.Tensor
 
 # ---- gumbel_softmax_weights ------------------------------------------------------------------
 @torch.library.custom_op("softgrpo::gumbel_softmax_weights", mutates_args=())
+@without_autocast
 def _gsw(perturbed: Tensor, tau: float, ids: Tensor | None) -> Tensor:
     return ref.gumbel_softmax_weights(perturbed, tau, ids)
 
 
 @torch.library.custom_op("softgrpo::gumbel_softmax_weights_backward", mutates_args=())
+@without_autocast
 def _gsw_bwd(grad: Tensor, weights: Tensor, tau: float, ids: Tensor | None) -> Tensor:
     return ref.gumbel_softmax_weights_backward(grad, weights, tau, ids)
 
@@ -59,12 +61,14 @@ def _ids_fit_table(table: Tensor, ids: Tensor, *_) -> None:
 
 
 @torch.library.custom_op("softgrpo::soft_embedding", mutates_args=())
+@without_autocast
 def _emb(table: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
     _ids_fit_table(table, ids)
     return ref.soft_embedding(table, ids, weights)
 
 
 @torch.library.custom_op("softgrpo::soft_embedding_backward", mutates_args=())
+@without_autocast
 def _emb_bwd(grad: Tensor, table: Tensor, ids: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     return ref.soft_embedding_backward(grad, table, ids, weights)
 
@@ -98,12 +102,14 @@ _emb.register_autograd(_emb_backward, setup_context=_emb_setup)
 
 # ---- soft_token_embedding --------------------------------------------------------------------
 @torch.library.custom_op("softgrpo::soft_token_embedding", mutates_args=())
+@without_autocast
 def _tok(table: Tensor, ids: Tensor, perturbed: Tensor, tau: float) -> Tensor:
     _ids_fit_table(table, ids)
     return ref.soft_token_embedding(table, ids, perturbed, tau)
 
 
 @torch.library.custom_op("softgrpo::soft_token_embedding_backward", mutates_args=())
+@without_autocast
 def _tok_bwd(grad: Tensor, table: Tensor, ids: Tensor, perturbed: Tensor,
              tau: float) -> tuple[Tensor, Tensor]:
     return ref.soft_token_embedding_backward(grad, table, ids, perturbed, tau)

@@ -8,7 +8,7 @@ import torch
 
 from softgrpo import _checks
 from softgrpo import reference as ref
-from softgrpo.ops.registry import on_cuda
+from softgrpo.ops.registry import on_cuda, without_autocast
 from softgrpo.reference.common import compute_dtype
 
 Tensor = torch.Tensor
@@ -21,6 +21,7 @@ def _check_records(logits: Tensor, ids: Tensor, perturbed: Tensor, *_) -> None:
 
 
 @torch.library.custom_op("softgrpo::soft_logprob", mutates_args=())
+@without_autocast
 def _lp(logits: Tensor, ids: Tensor, perturbed: Tensor, temperature: float, clamp_lo: float,
         clamp_hi: float, mask_threshold: float, eps: float, reduction: str) -> Tensor:
     _check_records(logits, ids, perturbed)
@@ -29,6 +30,7 @@ def _lp(logits: Tensor, ids: Tensor, perturbed: Tensor, temperature: float, clam
 
 
 @torch.library.custom_op("softgrpo::soft_logprob_backward", mutates_args=())
+@without_autocast
 def _lp_bwd(grad: Tensor, logits: Tensor, ids: Tensor, perturbed: Tensor, temperature: float,
             clamp_lo: float, clamp_hi: float, mask_threshold: float, eps: float,
             reduction: str) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 
 from softgrpo import _checks, philox
 from softgrpo import reference as ref
+from softgrpo.ops.registry import without_autocast
 
 
 class SoftSample(NamedTuple):
@@ -30,6 +31,7 @@ class SoftSample(NamedTuple):
 
 
 @torch.library.custom_op("softgrpo::soft_sample", mutates_args=())
+@without_autocast
 def _soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, tau: float,
                  noise_scale: float, seed: torch.Tensor, offset: torch.Tensor,
                  thinking: torch.Tensor, clamp_lo: float, clamp_hi: float, discrete_k: int,

@@ -29,16 +29,32 @@ def _soft_terms(zk: torch.Tensor, y: torch.Tensor, clamp_lo: float, clamp_hi: fl
     return s, g, density, kept, inside
 
 
+def soft_rows(zk: torch.Tensor, y: torch.Tensor, clamp_lo: float, clamp_hi: float,
+              mask_threshold: float, eps: float, reduction: str) -> torch.Tensor:
+    """Soft-row log-prob (N,) from the rows' K temperature-scaled logits zk (N, K) and y."""
+    _, _, density, kept, _ = _soft_terms(zk, y, clamp_lo, clamp_hi, mask_threshold, eps)
+    out = (kept * density).sum(-1)
+    return out / kept.sum(-1) if reduction == "mean" else out
+
+
+def soft_rows_backward(go: torch.Tensor, zk: torch.Tensor, y: torch.Tensor, temperature: float,
+                       clamp_lo: float, clamp_hi: float, mask_threshold: float, eps: float,
+                       reduction: str) -> torch.Tensor:
+    """Gradient (N, K) of soft_rows w.r.t. the K logits before temperature scaling; go (N, 1)."""
+    s, g, _, kept, inside = _soft_terms(zk, y, clamp_lo, clamp_hi, mask_threshold, eps)
+    coef = go / kept.sum(-1, keepdim=True) if reduction == "mean" else go
+    d_lp = coef * kept * inside * (1.0 - torch.exp(-g))  # d density / d lp inside the clamp
+    a = d_lp / (s + eps)  # through lp = log(s + eps)
+    return s * (a - (a * s).sum(-1, keepdim=True)) / temperature  # softmax VJP, then 1/T
+
+
 def soft_logprob(logits: torch.Tensor, ids: torch.Tensor, perturbed: torch.Tensor,
                  temperature: float, clamp_lo: float, clamp_hi: float, mask_threshold: float,
                  eps: float, reduction: str) -> torch.Tensor:
     dtype = compute_dtype(logits, perturbed)
     z, ids2, y = _flat(logits, ids, perturbed)
     zk = z.gather(-1, ids2).to(dtype) / temperature
-    _, _, density, kept, _ = _soft_terms(zk, y.to(dtype), clamp_lo, clamp_hi, mask_threshold, eps)
-    out = (kept * density).sum(-1)
-    if reduction == "mean":
-        out = out / kept.sum(-1)
+    out = soft_rows(zk, y.to(dtype), clamp_lo, clamp_hi, mask_threshold, eps, reduction)
 
     rows = is_discrete(ids2).nonzero().squeeze(-1)  # full-vocabulary work only for these
     zd = z.index_select(0, rows).to(dtype) / temperature
@@ -56,11 +72,8 @@ def soft_logprob_backward(grad: torch.Tensor, logits: torch.Tensor, ids: torch.T
     z, ids2, y = _flat(logits, ids, perturbed)
     go = grad.reshape(-1, 1).to(dtype)
     zk = z.gather(-1, ids2).to(dtype) / temperature
-    s, g, _, kept, inside = _soft_terms(zk, y.to(dtype), clamp_lo, clamp_hi, mask_threshold, eps)
-    coef = go / kept.sum(-1, keepdim=True) if reduction == "mean" else go
-    d_lp = coef * kept * inside * (1.0 - torch.exp(-g))  # d density / d lp inside the clamp
-    a = d_lp / (s + eps)  # through lp = log(s + eps)
-    d_zk = s * (a - (a * s).sum(-1, keepdim=True)) / temperature  # softmax VJP, then 1/T
+    d_zk = soft_rows_backward(go, zk, y.to(dtype), temperature, clamp_lo, clamp_hi,
+                              mask_threshold, eps, reduction)
     disc = is_discrete(ids2)
     d_zk = d_zk.masked_fill(disc[:, None], 0.0)
     grad_z = torch.zeros(z.shape, dtype=dtype, device=z.device).scatter_add_(-1, ids2, d_zk)

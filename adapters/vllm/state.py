@@ -1,0 +1,125 @@
+"""Per-request soft-thinking state inside the vLLM worker, shared by the model and the logits
+processor.
+
+Everything is keyed by the request's own tag (carried in SamplingParams.extra_args), never by
+its batch row: a :class:`SoftRuntime` maps the persistent batch's current rows to
+:class:`RequestState` objects (rebuilt from vLLM's BatchUpdate add/remove/move events), and
+each state holds its phase and every record it produced, so a request that is preempted and
+later recomputed from its tokens gets its soft inputs back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from softgrpo import noise_key, soft_token_embedding
+from softgrpo.rollout import SoftThinkingConfig
+
+_INITIAL_STEPS = 64
+
+
+class RequestState:
+    """One request: its noise key, phase (thinking, thinking steps, forced think-end index,
+    think-end window) and growing per-step records (text token, top-k ids, perturbed values,
+    rollout log-prob, soft-row and forced flags)."""
+
+    def __init__(self, tag: str, config: SoftThinkingConfig, sequence_id: int,
+                 think_end: tuple[int, ...], prompt_len: int):
+        self.tag, self.config, self.think_end = tag, config, think_end
+        self.prompt_len = prompt_len
+        self.key = noise_key(config.seed, sequence_id)
+        self.thinking, self.thinking_steps, self.forced_at = True, 0, -1
+        self.window = torch.full((len(think_end),), -1, dtype=torch.int64)
+        self.resumes = 0  # times vLLM re-added the request (preempted, then recomputed)
+        self.token: list[int] = []
+        self.logprob: list[float] = []
+        self.soft: list[bool] = []
+        self.forced: list[bool] = []
+        capacity = min(_INITIAL_STEPS, config.max_new_tokens)
+        self.ids = torch.zeros(capacity, config.k, dtype=torch.int64)
+        self.perturbed = torch.zeros(capacity, config.k)
+
+    @property
+    def length(self) -> int:
+        return len(self.token)
+
+    def append(self, ids: torch.Tensor, perturbed: torch.Tensor, token: int, logprob: float,
+               soft: bool, forced: bool) -> None:
+        """Store step ``self.length``: its (k,) top-k ids and perturbed values and the rest."""
+        t = self.length
+        if t == self.ids.shape[0]:  # grow the tensors by doubling
+            grown = min(2 * t, self.config.max_new_tokens)
+            self.ids = torch.cat([self.ids, self.ids.new_zeros(grown - t, self.config.k)])
+            self.perturbed = torch.cat([self.perturbed,
+                                        self.perturbed.new_zeros(grown - t, self.config.k)])
+        self.ids[t], self.perturbed[t] = ids, perturbed
+        self.token.append(token)
+        self.logprob.append(logprob)
+        self.soft.append(soft)
+        self.forced.append(forced)
+
+    def records(self) -> dict[str, list | int]:
+        """The records of the steps so far as plain lists (they cross vLLM's process
+        boundaries by msgpack, which does not keep tensors nested in a result)."""
+        return {"token": self.token, "ids": self.ids[:self.length].tolist(),
+                "perturbed": self.perturbed[:self.length].tolist(), "logprob": self.logprob,
+                "soft": self.soft, "forced": self.forced, "resumes": self.resumes}
+
+
+@dataclass
+class SoftRuntime:
+    """The worker-side registry: states by tag, the batch rows that hold soft requests, and
+    the last position each row reached in the latest forward (written by the model, read by
+    the logits processor to tell a real sampling step from a partial prefill)."""
+
+    states: dict[str, RequestState] = field(default_factory=dict)
+    rows: dict[int, RequestState] = field(default_factory=dict)
+    last_position: dict[int, int] = field(default_factory=dict)
+
+    def take(self, tags: list[str]) -> dict[str, dict]:
+        """Remove and return the records of ``tags`` (missing tags are left out)."""
+        return {tag: self.states.pop(tag).records() for tag in tags if tag in self.states}
+
+    def soft_inputs(self, embeds: torch.Tensor, positions: torch.Tensor,
+                    query_start_loc: list[int] | None, table: torch.Tensor) -> torch.Tensor:
+        """Replace, in the flattened token batch ``embeds`` (N, H), the input of every soft
+        request's position P + t whose record t is a soft row by soft_token_embedding of the
+        record (spec 2.8); record each row's last position. ``query_start_loc``: the batch
+        rows' token offsets (rows in the persistent batch's order), None in a dummy run."""
+        self.last_position = {}
+        if not self.rows or query_start_loc is None:
+            return embeds
+        where, picks = [], []
+        for row, state in self.rows.items():
+            if row + 1 >= len(query_start_loc):
+                raise RuntimeError(f"softgrpo: batch row {row} holds a soft-thinking request "
+                                   f"but the forward has {len(query_start_loc) - 1} rows")
+            start, end = query_start_loc[row], query_start_loc[row + 1]
+            if end == start:
+                continue
+            first, last = int(positions[start]), int(positions[end - 1])
+            if last - first != end - start - 1:
+                raise RuntimeError("softgrpo: a batch row's positions are not consecutive; "
+                                   "this vLLM runner lays tokens out differently")
+            self.last_position[row] = last
+            prompt = state.prompt_len
+            if last - prompt + 1 > state.length:
+                raise RuntimeError(f"softgrpo: request {state.tag} feeds response position "
+                                   f"{last - prompt} but only {state.length} records exist")
+            for t in range(max(first - prompt, 0), last - prompt + 1):
+                if state.soft[t]:
+                    where.append(start + prompt + t - first)
+                    picks.append((state, t))
+        if where:
+            ids = torch.stack([state.ids[t] for state, t in picks])
+            perturbed = torch.stack([state.perturbed[t] for state, t in picks])
+            taus = torch.tensor([state.config.tau for state, _ in picks])
+            where = torch.tensor(where)
+            for tau in taus.unique().tolist():
+                pick = taus == tau
+                soft = soft_token_embedding(table, ids[pick].to(table.device),
+                                            perturbed[pick].to(table.device), tau)
+                embeds[where[pick].to(embeds.device)] = soft.to(embeds.dtype)
+        return embeds

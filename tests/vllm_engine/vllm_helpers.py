@@ -1,0 +1,79 @@
+"""Checks of vLLM rollouts against the Hugging Face model they were made from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from softgrpo import noise_key, soft_sample
+from softgrpo.adapters.hf import input_embeddings
+from softgrpo.rollout import Rollout
+
+
+@torch.no_grad()
+def replay_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """(B, L, V) logits of every response step, from one teacher-forced HF forward over the
+    rollout's own inputs (prompt tokens, then each record's soft or token embedding)."""
+    embeds = input_embeddings(model, rollout)
+    mask = torch.cat([rollout.prompt_mask, rollout.response_mask], 1).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    prompt, steps = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]
+    return logits[:, prompt - 1:prompt - 1 + steps].float()
+
+
+def replay_errors(model: torch.nn.Module, rollout: Rollout) -> dict[str, float]:
+    """Re-sample every recorded step from the replayed logits with the same noise keys and
+    compare. Soft rows: ids, perturbed values and rollout log-prob of a thinking step.
+    Discrete rows (not forced): the token and perturbed slot 0 of either the after-thinking
+    sample or, for the step that completed the think-end sequence, the soft sample.
+    Returns the largest perturbed error and the number of mismatched ids / tokens."""
+    c = rollout.config
+    rows, steps = rollout.response_mask.shape
+    logits = replay_logits(model, rollout)
+    keys = noise_key(c.seed, rollout.sequence_ids)[:, None].expand(rows, steps)
+    offsets = torch.arange(steps)[None].expand(rows, steps)
+    live = rollout.response_mask
+    args = dict(temperature=c.temperature, top_p=c.top_p, tau=c.tau, noise_scale=c.noise_scale,
+                seed=keys[live], offset=offsets[live], noise_clamp=c.noise_clamp,
+                discrete_k=c.after_top_k, discrete_top_p=c.after_top_p)
+    z = logits[live]
+    soft = soft_sample(z, c.k, thinking=torch.ones(len(z), dtype=torch.bool), **args)
+    disc = soft_sample(z, c.k, thinking=torch.zeros(len(z), dtype=torch.bool), **args)
+    ids, perturbed = rollout.topk_ids[live], rollout.perturbed[live]
+    thinking, forced = rollout.thinking_mask[live], rollout.forced_mask[live]
+    s = thinking
+    soft_err = (perturbed[s] - soft.perturbed[s]).abs()
+    d = ~thinking & ~forced
+    as_after = (ids[d, 0] == disc.token[d]) & ((perturbed[d, 0] - disc.perturbed[d, 0]).abs()
+                                                < 1e-3)
+    as_end = (ids[d, 0] == soft.token[d]) & ((perturbed[d, 0] - soft.perturbed[d, 0]).abs()
+                                              < 1e-3)
+    return {"soft_perturbed": float(soft_err.max()) if soft_err.numel() else 0.0,
+            "soft_logprob": float((rollout.logprobs[live][s] - soft.logprob[s]).abs().max())
+            if s.any() else 0.0,
+            "soft_ids": int((ids[s] != soft.ids[s]).any(-1).sum()),
+            "discrete_tokens": int((~(as_after | as_end)).sum()),
+            "discrete_tails": int((ids[d, 1:] != 0).any(-1).sum() + (perturbed[d, 1:] != 0)
+                                  .any(-1).sum())}
+
+
+def as_discrete_inputs(rollout: Rollout) -> Rollout:
+    """The same records but every position's input is its text token's embedding: what a
+    rollout that fed sampled tokens instead of soft tokens would have seen."""
+    ids = torch.zeros_like(rollout.topk_ids)
+    ids[..., 0] = rollout.response_ids
+    return dataclasses.replace(rollout, topk_ids=ids, perturbed=torch.zeros_like(
+        rollout.perturbed))
+
+
+def assert_same_rollout(a: Rollout, b: Rollout, *, atol: float) -> None:
+    """Same tokens, masks and top-k ids; perturbed values and log-probs within ``atol`` (soft
+    thinking is chaotic at tau = 0.1: fp32 differences grow step by step)."""
+    for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "thinking_mask",
+                 "forced_mask", "topk_ids", "finished", "sequence_ids"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    torch.testing.assert_close(a.perturbed, b.perturbed, rtol=0, atol=atol)
+    torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=atol)
+    assert a.texts == b.texts

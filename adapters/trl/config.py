@@ -1,0 +1,97 @@
+"""SoftGRPOConfig: TRL's GRPOConfig plus the soft-thinking rollout and SofT-GRPO loss settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from softgrpo.loss import KL_KINDS
+from softgrpo.rollout import SoftThinkingConfig
+
+LOSS_TYPE = "softgrpo"
+
+
+@dataclass
+class SoftGRPOConfig(GRPOConfig):
+    r"""
+    Configuration class for [`SoftGRPOTrainer`] (SofT-GRPO, arXiv 2511.06411).
+
+    Inherits every [`GRPOConfig`] parameter. Defaults follow the published 1.5B run: rollout
+    `top_k=5`, `top_p=0.95`, `temperature=1.0`; `beta=0.001` with the clamped k3 KL.
+    `top_k` is the soft-token width K and `top_p` the nucleus applied inside the top-k during
+    thinking; `max_completion_length` is the response budget.
+
+    Parameters:
+        loss_type (`str`, *optional*, defaults to `"softgrpo"`):
+            `"softgrpo"`: softgrpo.softgrpo_loss (PPO clip, dual clip, KL to the reference,
+            token mean; spec section 5). Any of TRL's loss types (`"grpo"`, `"dapo"`, ...)
+            runs TRL's own loss on the soft log-probs.
+        soft_tau (`float`, defaults to `0.1`): Gumbel-softmax temperature of the soft tokens.
+        soft_noise_scale (`float`, defaults to `1.0`): scale of the Gumbel noise.
+        soft_noise_clamp (`list[float]` or `None`, defaults to `[-1.5, 3.0]`): noise bounds.
+        after_thinking_top_k (`int`, defaults to `5`), after_thinking_top_p (`float`,
+            defaults to `0.95`): sampling filter after the think-end sequence.
+        think_end (`str`, defaults to `"</think>"`): the string that ends thinking.
+        max_thinking_tokens (`int` or `None`): force the think-end sequence after this many
+            thinking steps (forced tokens are kept out of the loss).
+        soft_seed (`int` or `None`): noise seed of the rollouts; `None` uses `seed`.
+        rollout_mode (`str`, defaults to `"soft"`): `"soft"` (SofT-GRPO) or `"discrete"`
+            (every step an ordinary sampled token: the GRPO baseline on the same path).
+        dual_clip (`float` or `None`, defaults to `3.0`): dual-clip bound for negative
+            advantages (`"softgrpo"` loss only).
+        kl_kind (`str`, defaults to `"low_var_kl"`): KL estimator of the `"softgrpo"` loss.
+    """
+
+    top_k: int = field(default=5, metadata={"help": "Soft-token width K (top-k of thinking)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus inside the top-k."})
+    beta: float = field(default=0.001, metadata={"help": "KL coefficient (published: 0.001)."})
+    loss_type: str = field(default=LOSS_TYPE, metadata={"help": "'softgrpo' or a TRL loss."})
+    soft_tau: float = field(default=0.1, metadata={"help": "Gumbel-softmax temperature."})
+    soft_noise_scale: float = field(default=1.0, metadata={"help": "Gumbel noise scale."})
+    soft_noise_clamp: list[float] | None = field(
+        default_factory=lambda: [-1.5, 3.0], metadata={"help": "Noise bounds (low, high)."})
+    after_thinking_top_k: int = field(default=5, metadata={"help": "Top-k after thinking."})
+    after_thinking_top_p: float = field(default=0.95, metadata={"help": "Top-p after thinking."})
+    think_end: str = field(default="</think>", metadata={"help": "String that ends thinking."})
+    max_thinking_tokens: int | None = field(
+        default=None, metadata={"help": "Force think_end after this many thinking steps."})
+    soft_seed: int | None = field(default=None, metadata={"help": "Noise seed (None: seed)."})
+    rollout_mode: str = field(default="soft", metadata={"help": "'soft' or 'discrete'."})
+    dual_clip: float | None = field(default=3.0, metadata={"help": "Dual-clip bound."})
+    kl_kind: str = field(default="low_var_kl", metadata={"help": "KL estimator."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.use_vllm:
+            raise NotImplementedError(
+                "use_vllm=True is not supported yet: TRL's vLLM generation samples discrete tokens "
+                "and cannot return the per-position top-k ids and perturbed values SofT-GRPO "
+                "trains on. Soft rollouts run on the Hugging Face adapter (use_vllm=False).")
+        unsupported = {
+            "use_transformers_continuous_batching": self.use_transformers_continuous_batching,
+            "generation_kwargs": bool(self.generation_kwargs),
+            "min_p": self.min_p is not None,
+            "repetition_penalty != 1": self.repetition_penalty != 1.0,
+            "top_entropy_quantile < 1 (needs the full-vocabulary entropy)":
+                self.top_entropy_quantile < 1.0,
+            "an entropy bonus (needs the full-vocabulary entropy)":
+                self.entropy_coef != 0.0 or self.use_adaptive_entropy,
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise ValueError(f"{name} is not supported by SoftGRPOTrainer's soft rollouts")
+        if self.kl_kind not in KL_KINDS:
+            raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
+        self.soft_thinking_config()  # validates the rollout settings now
+
+    def soft_thinking_config(self) -> SoftThinkingConfig:
+        """The rollout settings as a softgrpo SoftThinkingConfig (validated there)."""
+        clamp = None if self.soft_noise_clamp is None else tuple(self.soft_noise_clamp)
+        return SoftThinkingConfig(
+            k=self.top_k, temperature=self.temperature, top_p=self.top_p, tau=self.soft_tau,
+            noise_scale=self.soft_noise_scale, noise_clamp=clamp,
+            after_top_k=self.after_thinking_top_k, after_top_p=self.after_thinking_top_p,
+            think_end=self.think_end, max_new_tokens=self.max_completion_length,
+            max_thinking_tokens=self.max_thinking_tokens,
+            seed=self.seed if self.soft_seed is None else self.soft_seed, mode=self.rollout_mode)

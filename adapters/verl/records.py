@@ -1,0 +1,172 @@
+"""How soft-thinking records travel through verl 0.9.1, from an agent loop to the actor.
+
+verl's only per-sample extension point from rollout to trainer is AgentLoopOutput.extra_fields:
+each key becomes a per-sample entry of DataProto.non_tensor_batch, survives reordering and
+balancing, and reaches the actor's and the reference's micro-batches as a list (one entry per
+sample). A sample with a response of R tokens carries
+
+    softgrpo_topk_ids     (R, k) int   the stored top-k ids of each response token (spec 3)
+    softgrpo_perturbed    (R, k) float the stored perturbed log-probs y
+    softgrpo_tau          float        the rollout's Gumbel-softmax temperature
+    softgrpo_temperature  float        the rollout's sampling temperature
+    softgrpo_noise_clamp  (lo, hi)|None the rollout's noise bounds (the recovered noise's too)
+
+(discrete rows in the convention [s, 0, ..., 0] / [l_s, 0, ..., 0]). The actor engine packs
+them next to verl's packed input ids: prompt tokens become discrete rows of themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+import torch
+
+from softgrpo.rollout import Rollout
+
+TOPK_IDS = "softgrpo_topk_ids"
+PERTURBED = "softgrpo_perturbed"
+TAU = "softgrpo_tau"
+TEMPERATURE = "softgrpo_temperature"
+NOISE_CLAMP = "softgrpo_noise_clamp"
+KEYS = (TOPK_IDS, PERTURBED, TAU, TEMPERATURE, NOISE_CLAMP)
+
+
+def agent_loop_fields(rollout: Rollout, row: int) -> dict:
+    """The extra_fields entries of one rollout row (its response positions only).
+
+    Args:
+        rollout: a softgrpo Rollout (any backend). row: the row index.
+    Returns:
+        {softgrpo_topk_ids: (R, k) int64 array, softgrpo_perturbed: (R, k) float32 array,
+        softgrpo_tau: float, softgrpo_temperature: float, softgrpo_noise_clamp: (lo, hi) or
+        None}, R = the row's response length.
+    """
+    length = int(rollout.response_mask[row].sum())
+    return {
+        TOPK_IDS: rollout.topk_ids[row, :length].cpu().numpy(),
+        PERTURBED: rollout.perturbed[row, :length].float().cpu().numpy(),
+        TAU: float(rollout.config.tau),
+        TEMPERATURE: float(rollout.config.temperature),
+        NOISE_CLAMP: rollout.config.noise_clamp,
+    }
+
+
+def agent_loop_output(rollout: Rollout, row: int, **kwargs):
+    """A verl AgentLoopOutput for one rollout row, records in extra_fields.
+
+    prompt_ids: the row's prompt without padding; response_ids: its response tokens;
+    response_mask: 1 for sampled tokens, 0 for tokens forced by max_thinking_tokens (verl then
+    keeps them in the context but out of the loss). response_logprobs is left unset: the
+    rollout-side log-prob (spec 2.9) is not the training-side function, so verl's rollout
+    correction must not compare the two. kwargs go to AgentLoopOutput (e.g. reward_score,
+    num_turns); metrics defaults to an empty AgentLoopMetrics.
+    """
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
+
+    length = int(rollout.response_mask[row].sum())
+    fields = {**kwargs.pop("extra_fields", {}), **agent_loop_fields(rollout, row)}
+    return AgentLoopOutput(
+        prompt_ids=rollout.prompt_ids[row][rollout.prompt_mask[row].bool()].tolist(),
+        response_ids=rollout.response_ids[row, :length].tolist(),
+        response_mask=(~rollout.forced_mask[row, :length].bool()).long().tolist(),
+        metrics=kwargs.pop("metrics", AgentLoopMetrics()),
+        extra_fields=fields,
+        **kwargs,
+    )
+
+
+@dataclass(frozen=True)
+class PackedRecords:
+    """Records in verl's packed (remove-padding) layout of one micro-batch, N packed tokens.
+
+    ids, perturbed (N, k): every token's record (prompt tokens as discrete rows).
+    scored (N,) bool: positions whose next token is a response token of the same sequence
+    (their hidden state is scored against the next record). tau, temperature, clamp: the
+    rollout's settings.
+    A frozen dataclass is a pytree leaf, so FSDP2 does not cast it to the compute dtype.
+    """
+
+    ids: torch.Tensor
+    perturbed: torch.Tensor
+    scored: torch.Tensor
+    tau: float
+    temperature: float
+    clamp: tuple[float, float] | None
+
+    def padded(self, pad: int) -> PackedRecords:
+        """Append ``pad`` unscored discrete rows of token 0 (verl's static packed padding)."""
+        if not pad:
+            return self
+        return PackedRecords(torch.nn.functional.pad(self.ids, (0, 0, 0, pad)),
+                             torch.nn.functional.pad(self.perturbed, (0, 0, 0, pad)),
+                             torch.nn.functional.pad(self.scored, (0, pad)),
+                             self.tau, self.temperature, self.clamp)
+
+
+def _uniform(name: str, values: list):
+    """The one value all samples share (numbers, or (lo, hi) pairs / None for the clamp)."""
+    distinct = {None if v is None else tuple(float(x) for x in np.ravel(v)) for v in values}
+    if len(distinct) != 1:
+        raise ValueError(f"{name} must be the same for every sample of a batch, got "
+                         f"{sorted(distinct, key=str)}")
+    value = distinct.pop()
+    return value if value is None or len(value) != 1 else value[0]
+
+
+def _sample_records(name: str, value: object, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(value), dtype=dtype)
+    if tensor.dim() != 2 or tensor.shape[0] < rows:
+        raise ValueError(f"{name} of a sample must be (R, k) with R >= its response length "
+                         f"{rows}, got shape {tuple(tensor.shape)}")
+    return tensor[:rows]
+
+
+def pack(micro_batch, response_lengths: torch.Tensor) -> PackedRecords:
+    """Pack one micro-batch's per-sample records next to its nested ``input_ids``.
+
+    Args:
+        micro_batch: verl TensorDict with nested input_ids (prompt + response tokens of each
+            sample) and the KEYS as per-sample lists (see the module docstring).
+        response_lengths: (B,) response tokens per sample (the tail of each sequence).
+    Raises:
+        KeyError naming the missing key; ValueError for records of the wrong shape, records
+        whose first id is not the sample's response token (misaligned records), or tau /
+        temperature that differ between samples.
+    """
+    present = set(micro_batch.keys())
+    missing = [key for key in KEYS if key not in present]
+    if missing:
+        raise KeyError(f"the batch has no {missing}: a SofT-GRPO actor needs soft records from "
+                       "the rollout (AgentLoopOutput.extra_fields, see "
+                       "softgrpo.adapters.verl.agent_loop_output)")
+    tokens = micro_batch["input_ids"].values()
+    offsets = micro_batch["input_ids"].offsets().tolist()
+    ids_list, perturbed_list, scored = [], [], torch.zeros(tokens.shape[0], dtype=torch.bool)
+    k = None
+    for i, (start, end) in enumerate(pairwise(offsets)):
+        rows = int(response_lengths[i])
+        prompt = end - start - rows
+        if prompt < 1:
+            raise ValueError(f"sample {i} has no prompt token (verl needs prompt length > 0)")
+        ids = _sample_records(TOPK_IDS, micro_batch[TOPK_IDS][i], rows, torch.int64)
+        perturbed = _sample_records(PERTURBED, micro_batch[PERTURBED][i], rows, torch.float32)
+        k = ids.shape[1] if k is None else k
+        if ids.shape != (rows, k) or perturbed.shape != ids.shape:
+            raise ValueError(f"sample {i}: {TOPK_IDS} {tuple(ids.shape)} and {PERTURBED} "
+                             f"{tuple(perturbed.shape)} must both be ({rows}, {k})")
+        response = tokens[end - rows:end].cpu()
+        if not torch.equal(ids[:, 0], response):
+            raise ValueError(f"sample {i}: {TOPK_IDS}[:, 0] is not the sample's response "
+                             "tokens (records misaligned with the response)")
+        prompt_ids = torch.zeros(prompt, k, dtype=torch.int64)
+        prompt_ids[:, 0] = tokens[start:end - rows].cpu()
+        ids_list += [prompt_ids, ids]
+        perturbed_list += [torch.zeros(prompt, k), perturbed]
+        scored[max(end - rows - 1, start):end - 1] = True  # hidden state t scores record t + 1
+    device = tokens.device
+    return PackedRecords(torch.cat(ids_list).to(device), torch.cat(perturbed_list).to(device),
+                         scored.to(device), _uniform(TAU, micro_batch[TAU]),
+                         _uniform(TEMPERATURE, micro_batch[TEMPERATURE]),
+                         _uniform(NOISE_CLAMP, micro_batch[NOISE_CLAMP]))

@@ -1,0 +1,318 @@
+"""TrainConfig: every setting of ``softgrpo train`` / ``softgrpo eval``, with the published
+runs' values as defaults (spec section 6), loaded from YAML and overridden from the command
+line (``--set key=value`` or ``--key value``), validated with messages that name the key.
+
+The built-in default run (``softgrpo train`` with no arguments) is the shipped YAML
+``softgrpo/configs/default.yaml``: the synthetic task on a tiny local model, with its own
+(much larger) learning rate and small batches. ``configs/r1-distill-qwen-1.5b.yaml`` is the
+authors' DeepSeek-R1-Distill-Qwen-1.5B recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from softgrpo import _checks
+from softgrpo.loss import AGG_MODES, KL_KINDS
+from softgrpo.rollout import SoftThinkingConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+BUILTIN_MODEL = "tiny"
+BUILTIN_TASK = "running-sum"
+ALGORITHMS = {"softgrpo": "soft", "grpo": "discrete"}  # algorithm -> rollout mode
+# settings that may differ between a checkpoint and the run that resumes it
+RESUMABLE_CHANGES = ("steps", "save_every", "keep_checkpoints", "eval_every", "output_dir",
+                     "log_every", "progress", "device", "backend", "threads")
+
+
+@dataclass
+class TrainConfig:
+    """All settings; see the field comments. Unknown keys and bad values raise ValueError."""
+
+    # -- what to train ---------------------------------------------------------------------
+    model: str = BUILTIN_MODEL  # "tiny" (built locally + warm start), a local path or hub id
+    dataset: str = BUILTIN_TASK  # "running-sum" (synthetic) or a .jsonl / .parquet file
+    eval_dataset: str | None = None  # held-out file; None: the task's held-out split (if any)
+    prompt_column: str = "prompt"
+    answer_column: str = "answer"  # dotted for nested fields: "reward_model.ground_truth"
+    chat_template: bool = False  # wrap prompts with the tokenizer's chat template
+    reward: str = "math"  # "math" (last \boxed{} via math-verify), "exact", or "module:function"
+    output_dir: str = "runs/softgrpo"
+
+    # -- algorithm and optimisation (spec 5 and 6) -------------------------------------------
+    algorithm: str = "softgrpo"  # "softgrpo" (soft thinking) or "grpo" (discrete baseline)
+    steps: int = 200
+    prompts_per_step: int = 64
+    group_size: int = 8  # samples per prompt
+    mini_batch_prompts: int = 32  # PPO mini-batch, in prompts (one optimizer step each)
+    micro_batch_size: int = 8  # sequences per forward/backward (gradient accumulation)
+    ppo_epochs: int = 1
+    lr: float = 1e-6
+    lr_warmup_steps: int = 0  # linear warm-up, then constant
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # grad-norm clip; a step whose norm is not finite is skipped
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = 3.0
+    kl_coef: float = 0.001  # 0: no reference model is loaded
+    kl_kind: str = "low_var_kl"
+    loss_agg: str = "token-mean"
+    pathwise: bool = False  # keep the gradient through soft input embeddings (spec 8)
+
+    # -- rollout (spec 2 and 6) --------------------------------------------------------------
+    backend: str = "hf"  # "hf", "vllm", or "module:factory" (factory(model, tokenizer))
+    max_prompt_length: int = 1024  # longer prompts are dropped from the dataset (reported)
+    max_response_length: int = 8192
+    max_thinking_tokens: int | None = None  # force think_end after this many thinking steps
+    temperature: float = 1.0
+    top_p: float = 0.95
+    k: int = 5
+    after_top_k: int = 5
+    after_top_p: float = 0.95
+    tau: float = 0.1
+    noise_scale: float = 1.0
+    noise_clamp: tuple[float, float] | None = (-1.5, 3.0)
+    think_end: str = "</think>"
+
+    # -- evaluation (held-out Pass@1 before training, every eval_every steps, at the end) -----
+    eval_every: int = 0  # 0: only before and after training
+    eval_samples: int = 32  # samples per problem
+    eval_problems: int | None = None  # evaluate on the first N held-out problems only
+    eval_temperature: float | None = None  # None: the rollout temperature
+
+    # -- runtime -----------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    dtype: str = "auto"  # "auto": bfloat16 on cuda, float32 on cpu; or float32/bfloat16/float16
+    gradient_checkpointing: bool = False
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    save_every: int = 50  # checkpoint every N steps (and at the end); 0: only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    progress: bool = True  # tqdm bars for rollouts and updates
+    min_free_disk_gb: float | None = None  # None: twice the estimated checkpoint size
+
+    # -- the built-in task and tiny model (model "tiny", dataset "running-sum") --------------
+    task_train_size: int = 20000
+    task_eval_size: int = 200
+    task_steps: int = 3  # "+ d" / "- d" operations per problem
+    task_max_value: int = 30
+    tiny_hidden_size: int = 128
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    warm_start_steps: int = 200
+    warm_start_skip: float = 0.0  # the teacher leaves out an intermediate value this often
+    warm_start_lr: float = 3e-3
+    warm_start_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        self._validate()
+
+    def _validate(self) -> None:
+        def one_of(name: str, options) -> None:
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {sorted(options)}, got "
+                                 f"{getattr(self, name)!r}")
+
+        one_of("algorithm", ALGORITHMS)
+        one_of("kl_kind", KL_KINDS)
+        one_of("loss_agg", AGG_MODES)
+        one_of("dtype", ("auto", "float32", "bfloat16", "float16"))
+        if self.reward not in ("math", "exact") and ":" not in self.reward:
+            raise ValueError(f"reward must be 'math', 'exact' or 'module:function', got "
+                             f"{self.reward!r}")
+        for name in ("steps", "prompts_per_step", "group_size", "mini_batch_prompts",
+                     "micro_batch_size", "ppo_epochs", "max_prompt_length",
+                     "max_response_length", "eval_samples", "keep_checkpoints", "log_every",
+                     "task_train_size", "task_steps", "tiny_hidden_size", "tiny_layers",
+                     "tiny_heads", "warm_start_batch_size"):
+            _checks.integer(name, getattr(self, name), 1)
+        for name in ("lr_warmup_steps", "eval_every", "save_every", "task_eval_size",
+                     "warm_start_steps"):
+            _checks.integer(name, getattr(self, name), 0)
+        _checks.integer("seed", self.seed, 0, 2**32 - 1)
+        if self.eval_problems is not None:
+            _checks.integer("eval_problems", self.eval_problems, 1)
+        for name in ("lr", "warm_start_lr", "grad_clip"):
+            _checks.real(name, getattr(self, name), low=0.0, low_open=True)
+        for name in ("weight_decay", "kl_coef"):
+            _checks.real(name, getattr(self, name), low=0.0)
+        _checks.real("warm_start_skip", self.warm_start_skip, low=0.0, high=1.0)
+        if self.eval_temperature is not None:
+            _checks.real("eval_temperature", self.eval_temperature, low=0.0)
+        if self.min_free_disk_gb is not None:
+            _checks.real("min_free_disk_gb", self.min_free_disk_gb, low=0.0)
+        if self.prompts_per_step % self.mini_batch_prompts:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of "
+                             f"mini_batch_prompts ({self.mini_batch_prompts})")
+        if self.model == BUILTIN_MODEL and self.dataset != BUILTIN_TASK:
+            raise ValueError(f"model 'tiny' only knows the built-in task; with dataset "
+                             f"{self.dataset!r} pass --model <path or hub id>")
+        if self.dataset == BUILTIN_TASK and self.task_eval_size == 0 and self.eval_dataset is None:
+            raise ValueError("task_eval_size must be >= 1 for the built-in task (held-out split)")
+        self.rollout_config()  # SoftThinkingConfig validates the rollout settings
+
+    @property
+    def mode(self) -> str:
+        """The rollout mode of the algorithm: "soft" (softgrpo) or "discrete" (grpo)."""
+        return ALGORITHMS[self.algorithm]
+
+    def rollout_config(self, *, mode: str | None = None, temperature: float | None = None,
+                       seed: int | None = None) -> SoftThinkingConfig:
+        """The SoftThinkingConfig of this run's rollouts (or of an evaluation's)."""
+        return SoftThinkingConfig(
+            k=self.k, temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p, tau=self.tau, noise_scale=self.noise_scale,
+            noise_clamp=self.noise_clamp, after_top_k=self.after_top_k,
+            after_top_p=self.after_top_p, think_end=self.think_end,
+            max_new_tokens=self.max_response_length,
+            max_thinking_tokens=self.max_thinking_tokens,
+            seed=self.seed if seed is None else seed, mode=mode or self.mode)
+
+    def eval_config(self, mode: str | None = None) -> SoftThinkingConfig:
+        """The rollout settings of an evaluation: eval_temperature, and a noise seed of its
+        own (seed + 1), the same before, during and after training (paired comparisons)."""
+        return self.rollout_config(mode=mode, temperature=self.eval_temperature,
+                                   seed=(self.seed + 1) % 2**32)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        if out["noise_clamp"] is not None:
+            out["noise_clamp"] = list(out["noise_clamp"])
+        return out
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def differences(self, other: TrainConfig) -> dict[str, tuple]:
+        """{key: (self's value, other's value)} for every key that differs."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(name: str, value: object, tp) -> object:
+    """value as the annotated type ``tp``; YAML / command-line text is accepted for numbers,
+    booleans and None ("null", "none"). Raises TypeError naming the key."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("null", "none"))
+        if is_none and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads "1e-6" as a string
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(tp) is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    raise TypeError(f"{name} must be {_type_name(tp)}, got {value!r}")
+
+
+def _check_keys(keys, source: str) -> None:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown setting {key!r} in {source}{hint}")
+
+
+def config_path(name: str) -> Path:
+    """A shipped config by name ("default", "r1-distill-qwen-1.5b") or a YAML file path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {name!r}")
+        return path
+    shipped = CONFIG_DIR / f"{name}.yaml"
+    if not shipped.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"no config named {name!r}; shipped configs: {names}, or a .yaml path")
+    return shipped
+
+
+def load_config(name: str | None = None, overrides: dict[str, object] | None = None, *,
+                base: dict[str, object] | None = None) -> TrainConfig:
+    """TrainConfig from ``base`` (e.g. a checkpoint's saved settings), else a shipped name or
+    YAML path (None: the dataclass defaults), then ``overrides`` (key -> value or
+    command-line text) on top. Raises ValueError / TypeError naming the key on unknown keys
+    or bad values."""
+    values: dict[str, object] = dict(base or {})
+    if name is not None:
+        path = config_path(name)
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of setting: value")
+        _check_keys(loaded, str(path))
+        values.update(loaded)
+    overrides = dict(overrides or {})
+    _check_keys(overrides, "the command line")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """Command-line settings: ``--set key=value`` (repeatable), ``--key value``,
+    ``--key=value``; a bare ``--flag`` means true. Dashes in keys read as underscores.
+    Values stay text; TrainConfig converts them by the setting's type."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--set":
+            if i + 1 == len(args) or "=" not in args[i + 1]:
+                raise ValueError("--set needs key=value")
+            key, value = args[i + 1].split("=", 1)
+            i += 2
+        elif arg.startswith("--") and len(arg) > 2:
+            key = arg[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+                i += 1
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 2
+            else:
+                value, i = "true", i + 1
+        else:
+            raise ValueError(f"unexpected argument {arg!r} (settings are --key value)")
+        out[key.replace("-", "_")] = value
+    return out
+

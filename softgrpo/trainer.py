@@ -1,0 +1,302 @@
+"""The thin SofT-GRPO trainer: one loop, read it top to bottom.
+
+Per step: a batch of prompts -> a group of ``group_size`` rollouts per prompt -> rewards ->
+group advantages -> old (and reference) log-probs -> PPO epochs over mini-batches, gradient
+accumulation over micro-batches -> optimizer step with grad-norm clipping (a step whose norm
+is not finite is skipped) -> metrics, checkpoint.
+
+The two algorithms share every line: "softgrpo" rolls out with soft thinking (the thinking
+positions are soft rows scored by the Gumbel log-density, spec 4) and "grpo" rolls out
+discretely (every position an ordinary token log-prob). Which one runs is only the rollout
+mode, cfg.mode.
+
+Exact resume: rollout noise is keyed by (seed, global sequence id, position), mini-batches
+are shuffled by a generator seeded from (seed, step), and a checkpoint holds the model,
+optimizer, scheduler, data position and RNG states; a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from softgrpo import checkpoint
+from softgrpo.adapters.hf import policy_logprobs, select
+from softgrpo.components import (
+    RewardScorer,
+    autocast,
+    compute_dtype,
+    device_of,
+    load_pretrained,
+    problems,
+    reward_function,
+    rollout_backend,
+    tiny_policy,
+)
+from softgrpo.config import BUILTIN_MODEL, RESUMABLE_CHANGES, TrainConfig
+from softgrpo.evaluate import evaluate
+from softgrpo.loss import grpo_advantages, softgrpo_loss
+from softgrpo.metrics import RunLog, plot, step_line, thinking_lengths
+from softgrpo.rollout import Rollout
+from softgrpo.tasks import PromptSampler, running_sum_solution
+from softgrpo.tiny import warm_start
+
+INITIAL_DIR = "initial_policy"  # the tiny model after its warm start (the KL reference)
+SUMMARY_FILE = "summary.json"
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+    """Run (or, with resume, continue) training as configured; returns the run summary
+    (also written to <output_dir>/summary.json).
+
+    Raises:
+        FileExistsError: output_dir already has checkpoints and resume is False.
+        ValueError: resuming with settings that differ from the checkpoint's (other than
+            RESUMABLE_CHANGES).
+        PermissionError / OSError: output_dir not writable or too little disk space, before
+            training starts.
+    """
+    started = time.perf_counter()
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    checkpoint.check_writable(out, 0)
+    previous = checkpoint.latest(ckpt_root) if (ckpt_root / checkpoint.LATEST).exists() else None
+    if previous is not None and not resume:
+        raise FileExistsError(f"{out} already holds checkpoints (latest {previous.name}); pass "
+                              "--resume to continue that run, or choose another output_dir")
+    device = device_of(cfg)
+    dtype = compute_dtype(cfg, device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    # -- policy: resumed from the checkpoint, loaded, or built and warm-started --------------
+    state: dict = {}
+    if previous is not None:
+        state = checkpoint.load_state(previous)
+        _check_resumable(cfg, TrainConfig(**state["config"]))
+        model, tokenizer = load_pretrained(previous / "model", device, trainable=True,
+                                           gradient_checkpointing=cfg.gradient_checkpointing)
+        print(f"resuming from {previous} (step {state['step']})")
+    elif cfg.model == BUILTIN_MODEL:
+        model, tokenizer = tiny_policy(cfg)
+        model.to(device)
+    else:
+        model, tokenizer = load_pretrained(cfg.model, device, trainable=True,
+                                           gradient_checkpointing=cfg.gradient_checkpointing)
+    need = (cfg.min_free_disk_gb * 2**30 if cfg.min_free_disk_gb is not None
+            else 2 * checkpoint.size_estimate(model))
+    checkpoint.check_writable(out, int(need))  # before any training
+    train_set, held_out = problems(cfg, tokenizer)
+    if previous is None and cfg.model == BUILTIN_MODEL:
+        # a teacher that skips intermediate values (when warm_start_skip > 0): the model
+        # learns to take shortcuts that often fail, which leaves RL room to improve Pass@1
+        losses = warm_start(model, tokenizer, train_set, steps=cfg.warm_start_steps,
+                            batch_size=cfg.warm_start_batch_size, lr=cfg.warm_start_lr,
+                            seed=cfg.seed, solution=lambda p, rng: running_sum_solution(
+                                p.prompt, rng, cfg.warm_start_skip))
+        print(f"warm start: {len(losses)} supervised steps, loss "
+              f"{losses[0] if losses else float('nan'):.3f} -> "
+              f"{losses[-1] if losses else float('nan'):.3f}")
+        model.save_pretrained(out / INITIAL_DIR)
+        tokenizer.save_pretrained(out / INITIAL_DIR)
+    initial = out / INITIAL_DIR if cfg.model == BUILTIN_MODEL else cfg.model
+    reference = None
+    if cfg.kl_coef > 0:  # the KL anchor: the initial policy, frozen, in the compute dtype
+        reference, _ = load_pretrained(initial, device, trainable=False, dtype=dtype)
+
+    # -- the rest of the machinery -----------------------------------------------------------
+    scorer = RewardScorer(reward_function(cfg.reward))
+    backend = rollout_backend(cfg.backend, model, tokenizer, progress=cfg.progress)
+    rollout_cfg = cfg.rollout_config()
+    think_end = tokenizer.encode(cfg.think_end, add_special_tokens=False)
+    eval_cfg = cfg.eval_config()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(cfg.lr_warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    sampler = PromptSampler(len(train_set), cfg.seed)
+    start_step = 0
+    if previous is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        checkpoint.set_rng_state(state["rng"])
+        start_step = state["step"]
+    log = RunLog(out, start_step)
+    cfg.save_yaml(out / "config.yaml")
+
+    def run_eval(step: int) -> dict | None:
+        if not held_out:
+            return None
+        with autocast(device, dtype):
+            result = evaluate(backend, held_out, scorer, eval_cfg, samples=cfg.eval_samples,
+                              think_end=think_end,
+                              batch_size=cfg.prompts_per_step * cfg.group_size,
+                              progress=cfg.progress)
+        log.log(step, result, kind="eval")
+        print(f"eval step {step}: Pass@1 {result['pass@1']:.4f}, "
+              f"Pass@{cfg.eval_samples} {result[f'pass@{cfg.eval_samples}']:.4f} "
+              f"({result['problems']} problems x {cfg.eval_samples} samples, {eval_cfg.mode})")
+        return result
+
+    first_eval = state.get("first_eval") if previous is not None else run_eval(0)
+    group, batch = cfg.group_size, cfg.prompts_per_step * cfg.group_size
+    updates_per_step = cfg.ppo_epochs * (cfg.prompts_per_step // cfg.mini_batch_prompts)
+    micro_per_update = -(-cfg.mini_batch_prompts * group // cfg.micro_batch_size)  # ceil
+    record: dict = {}
+
+    # -- the loop ------------------------------------------------------------------------------
+    for step in range(start_step + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+
+        # 1. prompts: each repeated group_size times, a group's rows adjacent
+        index = sampler.take(cfg.prompts_per_step)
+        batch_problems = [train_set[i] for i in index for _ in range(group)]
+
+        # 2. rollouts; global sequence ids key the noise, so every rollout can be replayed
+        backend.load_weights(model)
+        sequence_ids = torch.arange(batch) + (step - 1) * batch
+        with autocast(device, dtype):
+            rollout = backend.generate([p.prompt for p in batch_problems], rollout_cfg,
+                                       sequence_ids=sequence_ids).to(device)
+        rollout_time = time.perf_counter() - t0
+
+        # 3. rewards (a failing reward function scores 0 for that sample) and 4. advantages
+        rewards = scorer(rollout.texts, [p.answer for p in batch_problems])
+        for failure in scorer.failures:
+            tqdm.write(f"step {step}: reward failed for {failure}; scored 0")
+        advantages = grpo_advantages(rewards, group).to(device)
+        mask = rollout.response_mask & ~rollout.forced_mask  # forced tokens were not sampled
+
+        # 5. old and reference log-probs, without gradient
+        old_logp = _logprobs(model, rollout, cfg, device, dtype)
+        ref_logp = _logprobs(reference, rollout, cfg, device, dtype) if reference else None
+
+        # 6. PPO epochs over mini-batches of whole groups; micro-batches accumulate gradients
+        model.train()
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        stats, grad_norms, skipped = [], [], 0
+        updates = tqdm(total=updates_per_step * micro_per_update, disable=not cfg.progress,
+                       desc=f"update {step}", leave=False)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(cfg.prompts_per_step, generator=shuffle)
+            for groups in order.split(cfg.mini_batch_prompts):
+                rows = (groups[:, None] * group + torch.arange(group)).flatten()
+                total = _weight(mask[rows], cfg.loss_agg)
+                optimizer.zero_grad(set_to_none=True)
+                for micro in rows.split(cfg.micro_batch_size):
+                    with autocast(device, dtype):
+                        logp = policy_logprobs(model, select(rollout, micro),
+                                               pathwise=cfg.pathwise)
+                    loss, metrics = softgrpo_loss(
+                        logp, old_logp[micro], advantages[micro], mask[micro],
+                        ref_logp=None if ref_logp is None else ref_logp[micro],
+                        kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, clip_low=cfg.clip_low,
+                        clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg)
+                    # scale so the accumulated gradient is the whole mini-batch's aggregate
+                    share = _weight(mask[micro], cfg.loss_agg) / max(total, 1)
+                    (loss * share).backward()
+                    stats.append((share / updates_per_step, metrics))
+                    updates.update(1)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if torch.isfinite(norm):
+                    optimizer.step()
+                else:  # a NaN/inf gradient: skip this update, keep the weights
+                    skipped += 1
+                grad_norms.append(float(norm))
+        updates.close()
+        scheduler.step()
+        model.eval()
+
+        # 7. metrics, checkpoint, evaluation
+        record = _step_metrics(rollout, think_end, rewards, stats, grad_norms, skipped, scorer)
+        record.update(lr=scheduler.get_last_lr()[0], rollout_time=rollout_time,
+                      step_time=time.perf_counter() - t0)
+        log.log(step, record)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            tqdm.write(step_line(step, cfg.steps, record))
+        if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+            _save(ckpt_root, step, model, tokenizer, optimizer, scheduler, sampler, cfg,
+                  first_eval)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            run_eval(step)
+
+    last_eval = run_eval(cfg.steps)
+    log.close()
+    summary = {"algorithm": cfg.algorithm, "seed": cfg.seed, "steps": cfg.steps,
+               "resumed_from_step": start_step,
+               "first_eval": first_eval, "final_eval": last_eval, "last_step": record,
+               "wall_time_s": time.perf_counter() - started}
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    try:
+        print(f"plot: {plot(out)}")
+    except ImportError:
+        print("plot skipped: matplotlib is not installed")
+    if first_eval and last_eval:
+        print(f"held-out Pass@1: {first_eval['pass@1']:.4f} before -> "
+              f"{last_eval['pass@1']:.4f} after ({cfg.algorithm}, seed {cfg.seed})")
+    return summary
+
+
+@torch.no_grad()
+def _logprobs(model: torch.nn.Module, rollout: Rollout, cfg: TrainConfig,
+              device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) log-probs of a whole rollout, in micro-batches, without gradient."""
+    rows = torch.arange(rollout.response_ids.shape[0])
+    with autocast(device, dtype):
+        return torch.cat([policy_logprobs(model, select(rollout, micro))
+                          for micro in rows.split(cfg.micro_batch_size)])
+
+
+def _weight(mask: torch.Tensor, agg: str) -> int:
+    """A micro-batch's share of its mini-batch's loss: its tokens (token-mean) or its rows."""
+    return int(mask.sum()) if agg == "token-mean" else mask.shape[0]
+
+
+def _step_metrics(rollout: Rollout, think_end: list[int], rewards: torch.Tensor, stats: list,
+                  grad_norms: list, skipped: int, scorer: RewardScorer) -> dict:
+    """The step's record: rollout statistics and the share-weighted mean loss metrics.
+    soft_rows counts the soft (mixed-embedding) positions: zero in a grpo run."""
+    response = rollout.response_mask.sum(1).float()
+    thinking = thinking_lengths(rollout, think_end)
+    record = {"reward_mean": float(rewards.mean()),
+              "pass_rate": float((rewards >= 1.0).float().mean()),
+              "reward_failures": len(scorer.failures),
+              "response_length": float(response.mean()),
+              "thinking_length": float(thinking.mean()),
+              "soft_rows": int(rollout.thinking_mask.sum()),
+              "finished": float(rollout.finished.float().mean())}
+    for key in stats[0][1]:
+        record[key] = sum(share * m[key] for share, m in stats)
+    record["clip_frac"] = record["clip_frac_low"] + record["clip_frac_high"]
+    record["kl"] = record.pop("kl_loss", None)
+    record["grad_norm"] = sum(grad_norms) / len(grad_norms)
+    record["skipped_updates"] = skipped
+    return record
+
+
+def _save(root: Path, step: int, model, tokenizer, optimizer, scheduler, sampler,
+          cfg: TrainConfig, first_eval: dict | None) -> None:
+    state = {"step": step, "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
+             "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "first_eval": first_eval}
+    try:
+        path = checkpoint.save(root, step, model, tokenizer, state, keep=cfg.keep_checkpoints)
+    except OSError as err:
+        good = checkpoint.latest(root) if (root / checkpoint.LATEST).exists() else None
+        raise OSError(f"could not write the checkpoint of step {step} ({err}); the last good "
+                      f"checkpoint is {good or 'none'} and was left untouched") from err
+    tqdm.write(f"checkpoint: {path}")
+
+
+def _check_resumable(cfg: TrainConfig, saved: TrainConfig) -> None:
+    changed = {k: v for k, v in cfg.differences(saved).items() if k not in RESUMABLE_CHANGES}
+    if changed:
+        lines = ", ".join(f"{k}: checkpoint {b!r} vs now {a!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"cannot resume with different settings ({lines}); use the run's "
+                         "config (saved as <output_dir>/config.yaml)")

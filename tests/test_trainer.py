@@ -1,0 +1,287 @@
+"""The trainer on the tiny model: both algorithms run and learn something, reward failures are
+isolated, checkpoints resume bit for bit (also after SIGKILL), evaluation and the CLI."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from softgrpo import checkpoint, metrics
+from softgrpo.cli import main
+from softgrpo.components import RewardScorer, reward_function, rollout_backend
+from softgrpo.config import load_config
+from softgrpo.evaluate import evaluate, table
+from softgrpo.rollout import Rollout, SoftThinkingConfig
+from softgrpo.tasks import Problem
+from softgrpo.trainer import INITIAL_DIR, train
+
+# A few seconds per run: 1-layer model, 3 warm-start steps, 4 prompts x 4 samples, two PPO
+# mini-batches of two micro-batches each (gradient accumulation), a reference model (KL).
+TINY = {"tiny_hidden_size": 32, "tiny_layers": 1, "tiny_heads": 2, "task_train_size": 64,
+        "task_eval_size": 3, "warm_start_steps": 3, "warm_start_batch_size": 16,
+        "steps": 2, "prompts_per_step": 4, "group_size": 4, "mini_batch_prompts": 2,
+        "micro_batch_size": 4, "max_response_length": 8, "eval_samples": 2, "lr": 1e-3,
+        "kl_coef": 0.001, "save_every": 1, "threads": 1, "progress": False}
+
+FLAKY_REWARD = '''
+import math
+from softgrpo.rewards import math_reward
+
+def flaky(response, reference):
+    """Raises for some responses and returns NaN for others (deterministically)."""
+    if len(response) % 3 == 0:
+        raise RuntimeError("reward server down")
+    if len(response) % 3 == 1:
+        return math.nan
+    return math_reward(response, reference)
+'''
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(out, **changes):
+    return load_config("default", {**TINY, "output_dir": str(out), **changes})
+
+
+def _train_records(out):
+    return [r for r in metrics.read(out) if r["kind"] == "train"]
+
+
+def _final_weights(out):
+    return load_file(str(checkpoint.latest(Path(out) / "checkpoints") / "model" /
+                         "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def soft_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("soft")
+    torch_threads = torch.get_num_threads()
+    summary = train(_cfg(out))
+    torch.set_num_threads(torch_threads)
+    return out, summary
+
+
+@pytest.mark.parametrize("algorithm", ["softgrpo", "grpo"])
+def test_both_algorithms_train(algorithm, soft_run, tmp_path):
+    if algorithm == "softgrpo":
+        out, summary = soft_run
+    else:
+        out = tmp_path
+        summary = train(_cfg(out, algorithm="grpo", kl_coef=0.0))
+    records = _train_records(out)
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        for key in ("loss", "pg_loss", "grad_norm", "reward_mean", "approx_kl"):
+            assert math.isfinite(r[key]), (key, r)
+        assert r["skipped_updates"] == 0
+        assert r["thinking_length"] > 0
+        if algorithm == "softgrpo":
+            assert r["soft_rows"] > 0  # soft thinking happened
+            assert math.isfinite(r["kl"])  # reference model loaded, KL computed
+        else:
+            assert r["soft_rows"] == 0  # discrete rollouts only
+            assert r["kl"] is None  # kl_coef 0: no reference model
+    start = load_file(str(out / INITIAL_DIR / "model.safetensors"))
+    final = _final_weights(out)
+    assert any(not torch.equal(start[k], final[k]) for k in start)  # the policy moved
+    assert summary["first_eval"]["mode"] == ("soft" if algorithm == "softgrpo" else "discrete")
+    assert 0.0 <= summary["final_eval"]["pass@1"] <= summary["final_eval"]["pass@2"] <= 1.0
+    assert (out / metrics.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "summary.json").read_text())["algorithm"] == algorithm
+
+
+def test_refuses_to_overwrite_a_run(soft_run):
+    out, _ = soft_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(out))
+
+
+def test_resume_with_changed_settings_is_refused(soft_run):
+    out, _ = soft_run
+    with pytest.raises(ValueError, match="lr: checkpoint 0.001 vs now 0.002"):
+        train(_cfg(out, lr=2e-3), resume=True)
+
+
+def test_reward_failures_score_zero_and_the_run_goes_on(tmp_path):
+    module = tmp_path / "my_reward.py"
+    module.write_text(FLAKY_REWARD)
+    scorer = RewardScorer(reward_function(f"{module}:flaky"))
+    scores = scorer(["\\boxed{ 7 }", "\\boxed{ 7 }.", "\\boxed{ 7 }..", "abc"],
+                    ["7", "7", "7", "7"])
+    # lengths 11, 12, 13, 3: 11 % 3 == 2 is scored; 12 and 3 raise; 13 % 3 == 1 is NaN
+    assert scores.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert [f.split(":")[0] for f in scorer.failures] == ["sample 1", "sample 2", "sample 3"]
+    assert "RuntimeError: reward server down" in scorer.failures[0]
+    assert "ValueError: returned nan" in scorer.failures[1]
+    out = tmp_path / "run"
+    train(_cfg(out, reward=f"{module}:flaky", steps=1, kl_coef=0.0))
+    (record,) = _train_records(out)
+    assert record["reward_failures"] > 0 and math.isfinite(record["loss"])
+
+
+def test_reward_function_names():
+    from softgrpo.rewards import exact_match_reward, math_reward
+
+    assert reward_function("math") is math_reward
+    assert reward_function("exact") is exact_match_reward
+    assert reward_function("softgrpo.rewards:math_reward") is math_reward
+    with pytest.raises(ValueError, match="has no attribute"):
+        reward_function("softgrpo.rewards:nothing")
+    with pytest.raises(ValueError, match="no such file"):
+        reward_function("missing_file.py:f")
+    with pytest.raises(TypeError, match="not callable"):
+        reward_function("softgrpo.rewards:MATH_VERIFY_TIMEOUT_S")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rollout_backend("sglang", None, None)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    settings = {**TINY, "steps": 4, "kl_coef": 0.0}
+    whole = tmp_path / "whole"
+    train(_cfg(whole, **settings))
+
+    killed = tmp_path / "killed"
+    args = [f"--{k}={v}" for k, v in {**settings, "output_dir": killed}.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "softgrpo.cli", "train", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / "checkpoints" / checkpoint.LATEST).exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the run never wrote its first checkpoint"
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)  # in step 2 or later, or writing a checkpoint
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert _train_records(killed)[-1]["step"] < 4
+
+    summary = train(_cfg(killed, **settings), resume=True)
+    assert 1 <= summary["resumed_from_step"] < 4
+    a, b = _final_weights(whole), _final_weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state_a = checkpoint.load_state(checkpoint.resolve(whole))
+    state_b = checkpoint.load_state(checkpoint.resolve(killed))
+    assert state_a["step"] == state_b["step"] == 4
+    assert state_a["sampler"] == state_b["sampler"]
+    for pa, pb in zip(state_a["optimizer"]["state"].values(),
+                      state_b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    drop = ("step_time", "rollout_time")
+    records_a = [{k: v for k, v in r.items() if k not in drop} for r in _train_records(whole)]
+    records_b = [{k: v for k, v in r.items() if k not in drop} for r in _train_records(killed)]
+    assert records_a == records_b  # the log reads as one run, equal to the uninterrupted one
+
+
+class _FixedBackend:
+    """A RolloutBackend whose sample j of problem i is correct iff correct[i][j]."""
+
+    def __init__(self, correct):
+        self.correct = correct
+
+    def generate(self, prompts, config, sequence_ids=None):
+        samples = len(self.correct[0])
+        texts = [f"\\boxed{{ {'1' if self.correct[s // samples][s % samples] else '0'} }}"
+                 for s in sequence_ids.tolist()]
+        b = len(prompts)
+        flags = torch.zeros(b, 1, dtype=torch.bool)
+        return Rollout(torch.ones(b, 1, dtype=torch.long), ~flags, torch.ones(b, 1).long(),
+                       ~flags, flags, flags, torch.zeros(b, 1, 1, dtype=torch.long),
+                       torch.zeros(b, 1, 1), torch.zeros(b, 1), ~flags[:, 0],
+                       sequence_ids, texts, config)
+
+
+def test_evaluate_matches_hand_computed_pass_at_k():
+    correct = [[0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 1]]  # c = 0, 1, 3 of n = 4
+    problems = [Problem(f"p{i}", "1") for i in range(3)]
+    result = evaluate(_FixedBackend(correct), problems, RewardScorer(reward_function("math")),
+                      SoftThinkingConfig(), samples=4, think_end=[7], ks=[1, 2, 4],
+                      batch_size=5)
+    assert result["pass@1"] == pytest.approx((0 + 1 / 4 + 3 / 4) / 3)
+    # pass@2 = 1 - C(n - c, 2) / C(4, 2): 0, 1 - 3/6, 1
+    assert result["pass@2"] == pytest.approx((0 + 0.5 + 1) / 3)
+    assert result["pass@4"] == pytest.approx(2 / 3)
+    assert "pass@2" in table({"fixed": result}).splitlines()[0]
+    with pytest.raises(ValueError, match="every k"):
+        evaluate(_FixedBackend(correct), problems, RewardScorer(reward_function("math")),
+                 SoftThinkingConfig(), samples=4, think_end=[7], ks=[5])
+
+
+def test_cli_eval_plot_and_errors(soft_run, tmp_path, capsys):
+    out, summary = soft_run
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out), "--samples", "2", "--k", "1,2",
+                 "--output", str(report), "--threads", "1"]) == 0
+    result = json.loads(report.read_text())
+    # the checkpoint's own config and eval seed: the trainer's final evaluation, replayed
+    assert result["pass@1"] == summary["final_eval"]["pass@1"]
+    assert result["mode"] == "soft" and "pass@2" in capsys.readouterr().out
+    assert main(["eval", "--model", str(out), "--mode", "discrete", "--samples", "2",
+                 "--output", str(report), "--threads", "1"]) == 0
+    assert json.loads(report.read_text())["mode"] == "discrete"
+    assert main(["plot", str(out)]) == 0
+    assert main(["train", "--stpes", "3"]) == 2
+    assert "did you mean 'steps'" in capsys.readouterr().err
+    assert main(["eval"]) == 2
+    assert main(["train", "--output_dir", str(out / "summary.json" / "x")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def _records(response_ids, lengths):
+    ids = torch.tensor(response_ids)
+    b, steps = ids.shape
+    mask = torch.arange(steps)[None] < torch.tensor(lengths)[:, None]
+    flags = torch.zeros(b, steps, dtype=torch.bool)
+    return Rollout(torch.ones(b, 1).long(), torch.ones(b, 1, dtype=torch.bool), ids, mask,
+                   flags, flags, torch.zeros(b, steps, 1).long(), torch.zeros(b, steps, 1),
+                   torch.zeros(b, steps), torch.ones(b, dtype=torch.bool),
+                   torch.arange(b), [], SoftThinkingConfig())
+
+
+def test_thinking_length_counts_tokens_before_think_end():
+    rollout = _records([[5, 6, 7, 9, 1], [7, 9, 1, 0, 0], [5, 5, 5, 5, 0], [5, 1, 0, 7, 7]],
+                       [5, 3, 4, 2])
+    # think-end 7 at 2 and at 0; never in row 2 (its 4 tokens); row 3's 7s are padding
+    assert metrics.thinking_lengths(rollout, [7]).tolist() == [2, 0, 4, 2]
+    assert metrics.thinking_lengths(rollout, [6, 7]).tolist() == [1, 3, 4, 2]
+
+
+def test_a_saved_model_on_a_dataset_file(soft_run, tmp_path):
+    """The real-model path: --model <directory> --dataset <jsonl>, a reference model loaded
+    from the same directory, gradient checkpointing on."""
+    from softgrpo.tasks import running_sum_task
+
+    out, _ = soft_run
+    train_set, held_out = running_sum_task(seed=5, train_size=16, eval_size=3)
+    for name, rows in (("train", train_set), ("test", held_out)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"question": p.prompt, "solution": {"value": int(p.answer)}}) + "\n"
+            for p in rows))
+    run = tmp_path / "run"
+    settings = {k: v for k, v in TINY.items() if not k.startswith(("tiny_", "task_", "warm_"))}
+    summary = train(load_config(None, {
+        **settings, "model": str(out / INITIAL_DIR), "dataset": str(tmp_path / "train.jsonl"),
+        "eval_dataset": str(tmp_path / "test.jsonl"), "prompt_column": "question",
+        "answer_column": "solution.value", "gradient_checkpointing": True, "steps": 1,
+        "output_dir": str(run)}))
+    (record,) = _train_records(run)
+    assert math.isfinite(record["loss"]) and math.isfinite(record["kl"])
+    assert summary["final_eval"]["problems"] == 3
+    assert not (run / INITIAL_DIR).exists()  # no warm start for a given model

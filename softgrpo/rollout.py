@@ -1,5 +1,7 @@
 """What every rollout backend shares: the soft-thinking config, the Rollout record (spec
-section 3), the think-end tracker and the conversion of a think-end step to a discrete row.
+section 3) and its row selection, and one step of the thinking phase (ThinkingPhase: soft
+sampling, the think-end tracker, the conversion of the think-end step to a discrete row,
+forced think-end tokens).
 
 Noise keys (spec 8): the noise of sequence ``s`` at response position ``t`` (0-based index of
 the generated token) and token ``v`` is Philox(key=noise_key(config.seed, s), counter=(v, t)),
@@ -17,7 +19,7 @@ from typing import Protocol
 import torch
 
 from softgrpo import _checks
-from softgrpo.ops.sampling import SoftSample
+from softgrpo.ops.sampling import SoftSample, soft_sample
 
 
 @dataclass(frozen=True)
@@ -169,3 +171,79 @@ def to_discrete(sample: SoftSample, rows: torch.Tensor, logits: torch.Tensor,
     return SoftSample(ids, sample.perturbed.masked_fill(keep, 0.0),
                       torch.where(rows[:, None], first.float(), sample.weights), ids[:, 0],
                       torch.where(rows, token_lp, sample.logprob))
+
+
+def force_tokens(sample: SoftSample, rows: torch.Tensor, tokens: torch.Tensor,
+                 logits: torch.Tensor,
+           temperature: float) -> SoftSample:
+    """Replace the steps ``rows`` by the forced ``tokens``: discrete rows [s, 0, ...] with the
+    token's log-prob under the full softmax as logprob and as perturbed slot 0."""
+    ids = sample.ids.clone()
+    ids[:, 0] = torch.where(rows, tokens, ids[:, 0])
+    out = to_discrete(sample._replace(ids=ids, token=ids[:, 0]), rows, logits, temperature)
+    perturbed = out.perturbed.clone()
+    perturbed[:, 0] = torch.where(rows, out.logprob, perturbed[:, 0])
+    return out._replace(perturbed=perturbed)
+
+
+class ThinkingPhase:
+    """Per-row phase: thinking until the think-end sequence, forced think-end after
+    config.max_thinking_tokens sampled thinking steps."""
+
+    def __init__(self, think_end: list[int], rows: int, config: SoftThinkingConfig,
+                 device: torch.device):
+        self.config = config
+        self.tracker = ThinkEndTracker(think_end, rows, device)
+        self.pattern = torch.tensor(think_end, dtype=torch.int64, device=device)
+        self.thinking = torch.ones(rows, dtype=torch.bool, device=device)
+        self.steps = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.forced_at = torch.full((rows,), -1, dtype=torch.int64, device=device)
+
+    def step(self, logits: torch.Tensor, keys: torch.Tensor, live: torch.Tensor,
+             t: int) -> tuple[SoftSample, torch.Tensor, torch.Tensor]:
+        """Sample step ``t`` of the rows ``live``; returns (sample, soft rows, forced rows)."""
+        c = self.config
+        thinking, forced_at = self.thinking[live], self.forced_at[live]
+        limited = c.max_thinking_tokens is not None
+        if limited:
+            start = thinking & (forced_at < 0) & (self.steps[live] >= c.max_thinking_tokens)
+            forced_at = forced_at.masked_fill(start, 0)
+        forced = forced_at >= 0
+        soft = thinking & ~forced & (c.mode == "soft")
+        sample = soft_sample(logits, c.k, temperature=c.temperature, top_p=c.top_p, tau=c.tau,
+                             noise_scale=c.noise_scale, seed=keys, offset=t, thinking=soft,
+                             noise_clamp=c.noise_clamp, discrete_k=c.after_top_k,
+                             discrete_top_p=c.after_top_p)
+        if limited and forced.any():  # (a host sync: skipped when nothing can be forced)
+            sample = force_tokens(sample, forced, self.pattern[forced_at.clamp(min=0)], logits,
+                            c.temperature)
+        ended = self.tracker.push(sample.token, live) & thinking
+        if (ended & soft).any():
+            sample = to_discrete(sample, ended & soft, logits, c.temperature)
+        self.steps[live] += (thinking & ~forced).long()
+        self.forced_at[live] = torch.where(ended, -1, forced_at + forced.long())
+        self.thinking[live] = thinking & ~ended
+        return sample, soft & ~ended, forced
+
+
+def select(rollout: Rollout, index: torch.Tensor | slice | list[int]) -> Rollout:
+    """The rows ``index`` of a rollout (int indices, a bool mask over rows, or a slice), in
+    that order, with their texts and the same config. Padding columns are kept, so the
+    slice's (B', L) log-probs line up with the full rollout's columns."""
+    rows = rollout.prompt_ids.shape[0]
+    if isinstance(index, slice):
+        index = torch.arange(rows)[index]
+    index = torch.as_tensor(index)
+    if index.dtype == torch.bool:
+        if index.shape != (rows,):
+            raise ValueError(f"a bool index must have shape ({rows},), got {tuple(index.shape)}")
+        index = index.nonzero().squeeze(1)
+    if index.dim() != 1 or (index.numel() and index.is_floating_point()):
+        raise TypeError("index must be a 1-D tensor or list of row indices, a bool mask or a "
+                        "slice")
+    index = index.long().cpu()
+    if index.numel() and (int(index.min()) < -rows or int(index.max()) >= rows):
+        raise ValueError(f"index must lie in [-{rows}, {rows}), got {index.tolist()}")
+    picked = {name: t[index.to(t.device)] for name, t in rollout.tensors().items()}
+    texts = [rollout.texts[i] for i in index.tolist()] if rollout.texts else []
+    return dataclasses.replace(rollout, **picked, texts=texts)

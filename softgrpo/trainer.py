@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from softgrpo import checkpoint
-from softgrpo.adapters.hf import policy_logprobs, select
+from softgrpo.adapters.hf import policy_logprobs
 from softgrpo.components import (
     RewardScorer,
     autocast,
@@ -41,7 +41,7 @@ from softgrpo.config import BUILTIN_MODEL, RESUMABLE_CHANGES, TrainConfig
 from softgrpo.evaluate import evaluate
 from softgrpo.loss import grpo_advantages, softgrpo_loss
 from softgrpo.metrics import RunLog, plot, step_line, thinking_lengths
-from softgrpo.rollout import Rollout
+from softgrpo.rollout import Rollout, select
 from softgrpo.tasks import PromptSampler, running_sum_solution
 from softgrpo.tiny import warm_start
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 import transformers
 from hf_models import make_model, make_tokenizer, model_and_tokenizer
+
+from softgrpo import SoftThinkingConfig, soft_logprob, soft_token_embedding
 from softgrpo.adapters.hf import (
     RolloutTrace,
     generate,
     input_embeddings,
     policy_logprobs,
-    select,
 )
 from softgrpo.adapters.hf.embeddings import InputEmbedder
-
-from softgrpo import SoftThinkingConfig, soft_logprob, soft_token_embedding
+from softgrpo.rollout import select
 
 PROMPTS = ["1 + 2 = <think>", "x y", "so we get 3 4 5 6 7 8 9", "the answer is"]
 # top_p=1: no nucleus cut, so a soft row's rollout log-prob is exactly what training recovers;

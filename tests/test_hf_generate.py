@@ -6,16 +6,15 @@ save/load and slicing, and bad-input errors raised before any model work."""
 import pytest
 import torch
 from hf_models import ARCHS, boost, make_model, make_tokenizer, model_and_tokenizer
+
+from softgrpo import SoftThinkingConfig, noise_key, soft_sample
 from softgrpo.adapters.hf import (
     HFRolloutBackend,
     RolloutTrace,
     generate,
-    select,
     soft_thinking_decoding,
 )
-
-from softgrpo import SoftThinkingConfig, noise_key, soft_sample
-from softgrpo.rollout import Rollout, to_discrete
+from softgrpo.rollout import Rollout, select, to_discrete
 
 PROMPTS = ["1 + 2 = <think>", "x y", "so we get 3 4 5 6 7 8 9", "the answer is"]
 CONFIG = SoftThinkingConfig(max_new_tokens=16, seed=1234)

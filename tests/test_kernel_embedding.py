@@ -7,9 +7,9 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 
 import pytest
 import torch
-from softgrpo.kernels import embedding as kern
 
 from softgrpo import reference as ref
+from softgrpo.kernels import embedding as kern
 
 TAU = 0.3
 

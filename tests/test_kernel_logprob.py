@@ -8,9 +8,9 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 
 import pytest
 import torch
-from softgrpo.kernels import logprob as kern
 
 from softgrpo import reference as ref
+from softgrpo.kernels import logprob as kern
 
 CLAMP = (-1.5, 3.0)
 T = 0.7

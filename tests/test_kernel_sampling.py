@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
-from softgrpo.kernels import sampling as kernel
 
 from softgrpo import reference as ref
+from softgrpo.kernels import sampling as kernel
 
 
 def make_logits(b, v, dtype=torch.float32, scale=3.0, seed=0):

@@ -9,6 +9,7 @@ pytest.importorskip("trl")
 
 from datasets import Dataset
 from hf_models import model_and_tokenizer
+
 from softgrpo.adapters.trl import SoftGRPOConfig, SoftGRPOTrainer
 
 PROMPTS = ["1 + 2 =", "x = 3 so", "the answer is", "( 4 ) ="]

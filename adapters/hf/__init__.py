@@ -2,13 +2,11 @@
 
 generate / HFRolloutBackend / soft_thinking_decoding: rollouts (spec sections 1-3).
 policy_logprobs / input_embeddings: the training forward (spec section 4).
-select: row slices of a Rollout (micro-batches).
 """
 
 from .backend import HFRolloutBackend, soft_thinking_decoding
-from .batching import select
 from .forward import input_embeddings, policy_logprobs
 from .generate import RolloutTrace, generate
 
 __all__ = ["HFRolloutBackend", "RolloutTrace", "generate", "input_embeddings",
-           "policy_logprobs", "select", "soft_thinking_decoding"]
+           "policy_logprobs", "soft_thinking_decoding"]

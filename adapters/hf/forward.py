@@ -16,7 +16,8 @@ from .embeddings import InputEmbedder
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
-def _check_head(model: torch.nn.Module) -> torch.nn.Module:
+def lm_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's LM head, checked to compute hidden @ W.T + b (no softcapping or scaling)."""
     head = model.get_output_embeddings()
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise ValueError(f"{type(model).__name__} has no LM head (get_output_embeddings())")
@@ -90,7 +91,7 @@ def policy_logprobs(model: torch.nn.Module, rollout: Rollout, *,
         TypeError / ValueError: not a Rollout, inconsistent shapes, a model without an LM head
         or whose logits are softcapped or scaled.
     """
-    head = _check_head(model)
+    head = lm_head(model)
     embeds = input_embeddings(model, rollout, pathwise=pathwise)
     device = embeds.device
     prompt, steps = rollout.prompt_ids.shape[1], rollout.response_ids.shape[1]

@@ -18,9 +18,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from softgrpo import soft_sample
 from softgrpo.ops.sampling import SoftSample
-from softgrpo.rollout import Rollout, SoftThinkingConfig, ThinkEndTracker, to_discrete
+from softgrpo.rollout import Rollout, SoftThinkingConfig, ThinkingPhase
 
 from .embeddings import InputEmbedder
 from .inputs import PromptBatch, output_vocab_size, prepare
@@ -56,59 +55,7 @@ class RolloutTrace:
         self.logits = self.logits[:, :steps]
 
 
-def _force(sample: SoftSample, rows: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor,
-           temperature: float) -> SoftSample:
-    """Replace the steps ``rows`` by the forced ``tokens``: discrete rows [s, 0, ...] with the
-    token's log-prob under the full softmax as logprob and as perturbed slot 0."""
-    ids = sample.ids.clone()
-    ids[:, 0] = torch.where(rows, tokens, ids[:, 0])
-    out = to_discrete(sample._replace(ids=ids, token=ids[:, 0]), rows, logits, temperature)
-    perturbed = out.perturbed.clone()
-    perturbed[:, 0] = torch.where(rows, out.logprob, perturbed[:, 0])
-    return out._replace(perturbed=perturbed)
-
-
-class _ThinkState:
-    """Per-row phase: thinking until the think-end sequence, forced think-end after
-    config.max_thinking_tokens sampled thinking steps."""
-
-    def __init__(self, think_end: list[int], rows: int, config: SoftThinkingConfig,
-                 device: torch.device):
-        self.config = config
-        self.tracker = ThinkEndTracker(think_end, rows, device)
-        self.pattern = torch.tensor(think_end, dtype=torch.int64, device=device)
-        self.thinking = torch.ones(rows, dtype=torch.bool, device=device)
-        self.steps = torch.zeros(rows, dtype=torch.int64, device=device)
-        self.forced_at = torch.full((rows,), -1, dtype=torch.int64, device=device)
-
-    def step(self, logits: torch.Tensor, keys: torch.Tensor, live: torch.Tensor,
-             t: int) -> tuple[SoftSample, torch.Tensor, torch.Tensor]:
-        """Sample step ``t`` of the rows ``live``; returns (sample, soft rows, forced rows)."""
-        c = self.config
-        thinking, forced_at = self.thinking[live], self.forced_at[live]
-        limited = c.max_thinking_tokens is not None
-        if limited:
-            start = thinking & (forced_at < 0) & (self.steps[live] >= c.max_thinking_tokens)
-            forced_at = forced_at.masked_fill(start, 0)
-        forced = forced_at >= 0
-        soft = thinking & ~forced & (c.mode == "soft")
-        sample = soft_sample(logits, c.k, temperature=c.temperature, top_p=c.top_p, tau=c.tau,
-                             noise_scale=c.noise_scale, seed=keys, offset=t, thinking=soft,
-                             noise_clamp=c.noise_clamp, discrete_k=c.after_top_k,
-                             discrete_top_p=c.after_top_p)
-        if limited and forced.any():  # (a host sync: skipped when nothing can be forced)
-            sample = _force(sample, forced, self.pattern[forced_at.clamp(min=0)], logits,
-                            c.temperature)
-        ended = self.tracker.push(sample.token, live) & thinking
-        if (ended & soft).any():
-            sample = to_discrete(sample, ended & soft, logits, c.temperature)
-        self.steps[live] += (thinking & ~forced).long()
-        self.forced_at[live] = torch.where(ended, -1, forced_at + forced.long())
-        self.thinking[live] = thinking & ~ended
-        return sample, soft & ~ended, forced
-
-
-class _Records:
+class RolloutRecords:
     """The Rollout's per-position buffers, written row-wise for the live rows each step."""
 
     def __init__(self, rows: int, steps: int, k: int, pad_id: int, device: torch.device):
@@ -150,11 +97,11 @@ class _Records:
 
 def _run(model: torch.nn.Module, embedder: InputEmbedder, batch: PromptBatch,
          config: SoftThinkingConfig, progress: bool, trace: RolloutTrace | None
-         ) -> tuple[_Records, int]:
+         ) -> tuple[RolloutRecords, int]:
     rows, prompt = batch.input_ids.shape
     device = batch.input_ids.device
-    records = _Records(rows, config.max_new_tokens, config.k, batch.pad_id, device)
-    state = _ThinkState(batch.think_end, rows, config, device)
+    records = RolloutRecords(rows, config.max_new_tokens, config.k, batch.pad_id, device)
+    state = ThinkingPhase(batch.think_end, rows, config, device)
     eos = torch.tensor(batch.eos_ids, dtype=torch.int64, device=device)
     live = torch.arange(rows, device=device)
     mask = batch.attention_mask

@@ -30,13 +30,13 @@ from typing import ClassVar
 
 import torch
 from accelerate.utils import is_peft_model
-from softgrpo.adapters.hf import generate, policy_logprobs, select
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, pad
 
+from softgrpo.adapters.hf import generate, policy_logprobs
 from softgrpo.loss import softgrpo_loss
-from softgrpo.rollout import Rollout
+from softgrpo.rollout import Rollout, select
 
 from .config import LOSS_TYPE, SoftGRPOConfig
 

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from softgrpo.adapters.hf.embeddings import InputEmbedder
-from softgrpo.adapters.hf.forward import _check_head as check_head
 
 from softgrpo import soft_token_embedding
+from softgrpo.adapters.hf.embeddings import InputEmbedder
+from softgrpo.adapters.hf.forward import lm_head
 from softgrpo.ops.fused_linear import soft_logprob_from_hidden
 
 from .records import PackedRecords
@@ -87,7 +87,7 @@ def add_soft_forward(model: torch.nn.Module) -> None:
     Raises ValueError (the HF adapter's checks) for a model without an LM head, one whose
     logits are softcapped or scaled, or an input-embedding module whose output is not a
     scaled row of its table."""
-    check_head(model)
+    lm_head(model)
     scale = InputEmbedder(model).scale
     original = model.forward
 

@@ -10,7 +10,7 @@ from vllm.inputs import TokensPrompt
 
 from softgrpo.rollout import Rollout, SoftThinkingConfig
 
-from ..hf.generate import DEFAULT_CONFIG, _Records
+from ..hf.generate import DEFAULT_CONFIG, RolloutRecords
 from ..hf.inputs import PromptBatch, prepare_prompts
 from .engine import attach
 from .processor import request_payload
@@ -45,9 +45,9 @@ def _requests(batch: PromptBatch, config: SoftThinkingConfig
 
 
 def _records(batch: PromptBatch, config: SoftThinkingConfig, outputs, taken: dict[str, dict],
-             tags: list[str]) -> tuple[_Records, int]:
+             tags: list[str]) -> tuple[RolloutRecords, int]:
     steps = max(len(taken[tag]["token"]) for tag in tags)
-    records = _Records(len(tags), steps, config.k, batch.pad_id, torch.device("cpu"))
+    records = RolloutRecords(len(tags), steps, config.k, batch.pad_id, torch.device("cpu"))
     eos = torch.tensor(batch.eos_ids, dtype=torch.int64)
     dtypes = dict(token=torch.int64, ids=torch.int64, perturbed=torch.float32,
                   logprob=torch.float32, soft=torch.bool, forced=torch.bool)

@@ -20,9 +20,8 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from softgrpo.philox import MAX_OFFSET
-from softgrpo.rollout import SoftThinkingConfig
+from softgrpo.rollout import SoftThinkingConfig, ThinkingPhase
 
-from ..hf.generate import _ThinkState
 from .state import RequestState, SoftRuntime
 
 KEY = "softgrpo"
@@ -170,7 +169,7 @@ class SoftThinkingLogitsProcessor(LogitsProcessor):
         per-row phase logic, sample, store the records, write the phases back, force the
         text tokens."""
         n, device = len(states), logits.device
-        phase = _ThinkState(list(think_end), n, config, device)
+        phase = ThinkingPhase(list(think_end), n, config, device)
         phase.thinking = torch.tensor([s.thinking for s in states], device=device)
         phase.steps = torch.tensor([s.thinking_steps for s in states], device=device)
         phase.forced_at = torch.tensor([s.forced_at for s in states], device=device)

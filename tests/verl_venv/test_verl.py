@@ -25,11 +25,8 @@ os.environ.setdefault("VERL_PLATFORM", "cpu")
 pytest.importorskip("verl")
 
 import cpu_platform  # noqa: F401  (registers the "cpu" platform before verl picks one)
-import softgrpo.adapters.verl as sv
 import torch.distributed as dist
 from hf_models import model_and_tokenizer
-from softgrpo.adapters.hf import generate
-from softgrpo.adapters.hf.embeddings import InputEmbedder
 from verl import DataProto
 from verl.trainer.config import CheckpointConfig
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
@@ -45,7 +42,10 @@ from verl.workers.engine_workers import TrainingWorker
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
+import softgrpo.adapters.verl as sv
 from softgrpo import soft_logprob
+from softgrpo.adapters.hf import generate
+from softgrpo.adapters.hf.embeddings import InputEmbedder
 from softgrpo.rollout import SoftThinkingConfig
 
 REPO = Path(__file__).resolve().parents[2]

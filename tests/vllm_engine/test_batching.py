@@ -7,8 +7,7 @@ from hf_models import WORDS
 from vllm_helpers import assert_same_rollout, replay_errors
 
 from softgrpo.adapters import vllm as sv
-from softgrpo.adapters.hf import select
-from softgrpo.rollout import SoftThinkingConfig
+from softgrpo.rollout import SoftThinkingConfig, select
 
 
 def _prompts() -> list[str]:

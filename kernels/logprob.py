@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from softgrpo.kernels.embedding import block_k, discrete_row, rows_2d
 
 from softgrpo import reference as ref
+from softgrpo.kernels.embedding import block_k, discrete_row, rows_2d
 from softgrpo.reference.common import compute_dtype
 
 BLOCK_V = 4096  # vocabulary chunk of the log-sum-exp and gradient passes (8 warps)

@@ -33,6 +33,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+
 from softgrpo.kernels.embedding import block_k, rows_2d
 
 MAX_KMAX = 128  # the per-row KMAX x KMAX rank tiles fit in registers (16 warps) up to here

@@ -14,12 +14,17 @@ def topk_sorted(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     torch.topk leaves the order of ties unspecified; this order is the one the kernel uses,
     so both paths pick the same tokens even for bf16 logits full of ties."""
-    kth = torch.topk(z, k, dim=-1).values[:, -1:]
-    above = z > kth
-    tied = z == kth
-    need = k - above.sum(-1, keepdim=True)
-    chosen = above | (tied & (tied.cumsum(-1, dtype=torch.int32) <= need))
-    ids = chosen.nonzero()[:, 1].view(z.shape[0], k)  # exactly k per row, ascending id
+    vals, ids = torch.topk(z, k, dim=-1)
+    kth = vals[:, -1:]
+    # torch.topk's set is already right unless a value tied with the k-th is left out.
+    cut_ties = ((z == kth).sum(-1) > (vals == kth).sum(-1)).nonzero().squeeze(-1)
+    if cut_ties.numel():
+        zt = z.index_select(0, cut_ties)
+        above, tied = zt > kth[cut_ties], zt == kth[cut_ties]
+        need = k - above.sum(-1, keepdim=True)
+        chosen = above | (tied & (tied.cumsum(-1, dtype=torch.int32) <= need))
+        ids = ids.index_copy(0, cut_ties, chosen.nonzero()[:, 1].view(-1, k))  # k per row
+    ids = ids.sort(dim=-1).values  # ascending id, then a stable sort by value
     vals = z.gather(-1, ids)
     order = torch.sort(vals, dim=-1, descending=True, stable=True).indices
     return vals.gather(-1, order), ids.gather(-1, order)
@@ -62,7 +67,9 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
     g_d = torch.zeros_like(l_d) if greedy else philox.gumbel(seed, offset, cand)
     pick = (l_d + g_d).masked_fill(p_d == 0, -math.inf).argmax(-1, keepdim=True)
     token = cand.gather(-1, pick)
-    token_logprob = (z.gather(-1, token) - torch.logsumexp(z, -1, keepdim=True)).squeeze(-1)
+    rows = (~thinking).nonzero().squeeze(-1)  # the full-vocabulary normaliser: these rows only
+    token_logprob = z.gather(-1, token).squeeze(-1).index_add(
+        0, rows, -torch.logsumexp(z.index_select(0, rows), -1))
     first = torch.zeros_like(y, dtype=torch.bool)
     first[:, 0] = True
     d_ids = torch.where(first, token, 0)

@@ -1,7 +1,7 @@
 """Rollout throughput: the vLLM adapter against the Hugging Face adapter, same model and batch.
 
 Standalone (it needs the vLLM environment, .venv-vllm):
-    .venv-vllm/bin/python -m benchmarks.bench_vllm
+    .venv-vllm/bin/python -m benchmarks.vllm_throughput
 Prints one markdown row per shape. Both backends run soft thinking (k=5, top-p 0.95, tau 0.1)
 on benchmarks.bench_rollout's random Qwen2 (no EOS, so every call makes B x L tokens) in fp32,
 in one process with one OpenMP thread (an in-process vLLM CPU worker binds OpenMP threads;

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from softgrpo.kernels.embedding import discrete_row
+from softgrpo.kernels.logprob import soft_terms
 from softgrpo.reference.common import compute_dtype, is_discrete
 from softgrpo.reference.fused_linear import (
     cast_grads,
@@ -52,28 +54,12 @@ def _row_logits(h_row, w_ptr, b_ptr, ids, k_mask, H, stride_w, temperature,
 
 
 @triton.jit
-def _soft_terms(zk, y, k_mask, clamp_lo, clamp_hi, mask_threshold, eps):
-    """Per-slot pieces of a soft row (softgrpo.reference.logprob._soft_terms)."""
-    zk = tl.where(k_mask, zk, float("-inf"))
-    e = tl.exp(zk - tl.max(zk, axis=0))
-    s = e / tl.sum(e, axis=0)
-    lp = tl.log(s + eps)
-    raw = y - lp
-    g = tl.minimum(tl.maximum(raw, clamp_lo), clamp_hi)  # the recovered noise
-    density = -g - tl.exp(-g)  # Gumbel(0, 1) log-density
-    kept = (lp > mask_threshold) & k_mask
-    inside = (raw >= clamp_lo) & (raw <= clamp_hi)
-    return s, g, density, kept, inside
-
-
-@triton.jit
 def _row_setup(ids_ptr, y_ptr, row, K, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     offs_k = tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     ids = tl.load(ids_ptr + row * K + offs_k, mask=k_mask, other=0).to(tl.int64)
     y = tl.load(y_ptr + row * K + offs_k, mask=k_mask, other=0.0).to(ACC)
-    # the storage convention: discrete iff all(ids[1:] == 0)
-    disc = tl.sum(((offs_k >= 1) & k_mask & (ids != 0)).to(tl.int32), axis=0) == 0
+    disc = discrete_row(ids, offs_k)  # padding lanes hold id 0
     return offs_k, k_mask, ids, y, disc
 
 
@@ -86,7 +72,7 @@ def _soft_fwd_kernel(h_ptr, w_ptr, b_ptr, ids_ptr, y_ptr, out_ptr, K, H, stride_
     offs_k, k_mask, ids, y, disc = _row_setup(ids_ptr, y_ptr, row, K, BLOCK_K, ACC)
     zk = _row_logits(h_ptr + row * stride_h, w_ptr, b_ptr, ids, k_mask, H, stride_w,
                      temperature, HAS_BIAS, BLOCK_K, BLOCK_H, ACC)
-    _, _, density, kept, _ = _soft_terms(zk, y, k_mask, clamp_lo, clamp_hi, mask_threshold, eps)
+    _, _, density, kept, _ = soft_terms(zk, y, k_mask, clamp_lo, clamp_hi, mask_threshold, eps)
     out = tl.sum(tl.where(kept, density, 0.0), axis=0)
     if MEAN:
         out = out / tl.sum(kept.to(ACC), axis=0)
@@ -104,7 +90,7 @@ def _soft_bwd_kernel(go_ptr, h_ptr, w_ptr, b_ptr, ids_ptr, y_ptr, gh_ptr, coef_p
     go = tl.load(go_ptr + row).to(ACC)
     zk = _row_logits(h_ptr + row * stride_h, w_ptr, b_ptr, ids, k_mask, H, stride_w,
                      temperature, HAS_BIAS, BLOCK_K, BLOCK_H, ACC)
-    s, g, _, kept, inside = _soft_terms(zk, y, k_mask, clamp_lo, clamp_hi, mask_threshold, eps)
+    s, g, _, kept, inside = soft_terms(zk, y, k_mask, clamp_lo, clamp_hi, mask_threshold, eps)
     coef = go
     if MEAN:
         coef = go / tl.sum(kept.to(ACC), axis=0)

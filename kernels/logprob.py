@@ -42,7 +42,7 @@ def _record_row(z_row, ids_ptr, y_ptr, row, K, temperature, BLOCK_K: tl.constexp
 
 
 @triton.jit
-def _soft_terms(zk, y, mask_k, clamp_lo, clamp_hi, mask_threshold, eps):
+def soft_terms(zk, y, mask_k, clamp_lo, clamp_hi, mask_threshold, eps):
     """Per-slot pieces of a soft row (as reference _soft_terms): softmax s, clamped noise g,
     Gumbel log-density, kept mask (lp > threshold) and inside-the-clamp mask (bool)."""
     zk = tl.where(mask_k, zk, float("-inf"))  # padding lanes drop out of the softmax
@@ -84,7 +84,7 @@ def _logprob_kernel(z_ptr, stride_z, ids_ptr, y_ptr, out_ptr, V, temperature, cl
         out = tl.sum(tl.where(offs_k == 0, zk, 0.0), axis=0) - _row_lse(z_row, V, temperature,
                                                                          BLOCK_V)
     else:
-        _, _, density, kept, _ = _soft_terms(zk, y, mask_k, clamp_lo, clamp_hi,
+        _, _, density, kept, _ = soft_terms(zk, y, mask_k, clamp_lo, clamp_hi,
                                              mask_threshold, eps)
         out = tl.sum(tl.where(kept, density, 0.0), axis=0)
         if MEAN:
@@ -112,7 +112,7 @@ def _logprob_bwd_kernel(grad_ptr, z_ptr, stride_z, ids_ptr, y_ptr, dz_ptr, V, te
             d = (tl.where(offs == label, 1.0, 0.0) - tl.exp(x / temperature - lse)) * scale
             tl.store(dz_row + offs, d.to(dz_ptr.dtype.element_ty), mask=offs < V)
     else:
-        s, g, _, kept, inside = _soft_terms(zk, y, mask_k, clamp_lo, clamp_hi, mask_threshold,
+        s, g, _, kept, inside = soft_terms(zk, y, mask_k, clamp_lo, clamp_hi, mask_threshold,
                                             eps)
         coef = go
         if MEAN:

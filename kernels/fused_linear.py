@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from softgrpo.kernels.embedding import discrete_row
-from softgrpo.kernels.logprob import soft_terms
+from softgrpo.kernels.logprob import LIKELIHOOD_CODES, soft_row, soft_row_grad
 from softgrpo.reference.common import compute_dtype, is_discrete
 from softgrpo.reference.fused_linear import (
     cast_grads,
@@ -65,17 +65,15 @@ def _row_setup(ids_ptr, y_ptr, row, K, BLOCK_K: tl.constexpr, ACC: tl.constexpr)
 
 @triton.jit
 def _soft_fwd_kernel(h_ptr, w_ptr, b_ptr, ids_ptr, y_ptr, out_ptr, K, H, stride_h, stride_w,
-                     temperature, clamp_lo, clamp_hi, mask_threshold, eps,
-                     HAS_BIAS: tl.constexpr, MEAN: tl.constexpr, BLOCK_K: tl.constexpr,
-                     BLOCK_H: tl.constexpr, ACC: tl.constexpr):
+                     temperature, clamp_lo, clamp_hi, mask_threshold, eps, weight, scale,
+                     HAS_BIAS: tl.constexpr, LIKELIHOOD: tl.constexpr, MEAN: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs_k, k_mask, ids, y, disc = _row_setup(ids_ptr, y_ptr, row, K, BLOCK_K, ACC)
     zk = _row_logits(h_ptr + row * stride_h, w_ptr, b_ptr, ids, k_mask, H, stride_w,
                      temperature, HAS_BIAS, BLOCK_K, BLOCK_H, ACC)
-    _, _, density, kept, _ = soft_terms(zk, y, k_mask, clamp_lo, clamp_hi, mask_threshold, eps)
-    out = tl.sum(tl.where(kept, density, 0.0), axis=0)
-    if MEAN:
-        out = out / tl.sum(kept.to(ACC), axis=0)
+    out = soft_row(zk, y, k_mask, offs_k, clamp_lo, clamp_hi, mask_threshold, eps, weight, scale,
+                   LIKELIHOOD, MEAN)
     label = tl.sum(tl.where(offs_k == 0, zk, 0.0), axis=0)  # normalised by the block path
     tl.store(out_ptr + row, tl.where(disc, label, out))
 
@@ -83,20 +81,16 @@ def _soft_fwd_kernel(h_ptr, w_ptr, b_ptr, ids_ptr, y_ptr, out_ptr, K, H, stride_
 @triton.jit
 def _soft_bwd_kernel(go_ptr, h_ptr, w_ptr, b_ptr, ids_ptr, y_ptr, gh_ptr, coef_ptr, K, H,
                      stride_h, stride_w, stride_gh, temperature, clamp_lo, clamp_hi,
-                     mask_threshold, eps, HAS_BIAS: tl.constexpr, MEAN: tl.constexpr,
-                     BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr):
+                     mask_threshold, eps, weight, scale, HAS_BIAS: tl.constexpr,
+                     LIKELIHOOD: tl.constexpr, MEAN: tl.constexpr, BLOCK_K: tl.constexpr,
+                     BLOCK_H: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs_k, k_mask, ids, y, disc = _row_setup(ids_ptr, y_ptr, row, K, BLOCK_K, ACC)
     go = tl.load(go_ptr + row).to(ACC)
     zk = _row_logits(h_ptr + row * stride_h, w_ptr, b_ptr, ids, k_mask, H, stride_w,
                      temperature, HAS_BIAS, BLOCK_K, BLOCK_H, ACC)
-    s, g, _, kept, inside = soft_terms(zk, y, k_mask, clamp_lo, clamp_hi, mask_threshold, eps)
-    coef = go
-    if MEAN:
-        coef = go / tl.sum(kept.to(ACC), axis=0)
-    d_lp = tl.where(kept & inside, coef * (1.0 - tl.exp(-g)), 0.0)  # d density / d lp
-    a = d_lp / (s + eps)  # through lp = log(s + eps)
-    d_zk = s * (a - tl.sum(a * s, axis=0)) / temperature  # softmax VJP, then 1/T
+    d_zk = soft_row_grad(zk, y, k_mask, offs_k, go, temperature, clamp_lo, clamp_hi,
+                         mask_threshold, eps, weight, scale, LIKELIHOOD, MEAN)
     # a discrete row: d/d label logit; its -softmax share comes from the block path
     d_zk = tl.where(disc, tl.where(offs_k == 0, go / temperature, 0.0), d_zk)
     d_zk = tl.where(k_mask, d_zk, 0.0)
@@ -247,6 +241,7 @@ def _bias(bias: Tensor | None, b: Tensor) -> Tensor | None:
 def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
                              perturbed: Tensor, temperature: float, clamp_lo: float,
                              clamp_hi: float, mask_threshold: float, eps: float, reduction: str,
+                             likelihood: str, conditional_weight: float, noise_scale: float,
                              chunk_size: int) -> tuple[Tensor, Tensor]:
     dtype = compute_dtype(hidden, weight, perturbed)
     h, w, b, ids2, y = _inputs(hidden, weight, bias, ids, perturbed)
@@ -256,8 +251,10 @@ def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None
     if n:
         _soft_fwd_kernel[(n,)](h, w, b, ids2, y, out, k, h.shape[1], h.stride(0), w.stride(0),
                                temperature, clamp_lo, clamp_hi, mask_threshold, eps,
-                               HAS_BIAS=bias is not None, MEAN=reduction == "mean",
-                               BLOCK_K=block_k, BLOCK_H=block_h, ACC=_acc(dtype))
+                               conditional_weight, noise_scale, HAS_BIAS=bias is not None,
+                               LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
+                               MEAN=reduction == "mean", BLOCK_K=block_k, BLOCK_H=block_h,
+                               ACC=_acc(dtype))
     out, lse = subtract_normalisers(out, h, w, _bias(bias, b), ids2, temperature, chunk_size,
                                     w.dtype, _block_lse)
     return out.reshape(ids.shape[:-1]), lse.reshape(ids.shape[:-1])
@@ -267,7 +264,8 @@ def soft_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tens
                                       bias: Tensor | None, ids: Tensor, perturbed: Tensor,
                                       lse: Tensor, temperature: float, clamp_lo: float,
                                       clamp_hi: float, mask_threshold: float, eps: float,
-                                      reduction: str, chunk_size: int
+                                      reduction: str, likelihood: str, conditional_weight: float,
+                                      noise_scale: float, chunk_size: int
                                       ) -> tuple[Tensor, Tensor, Tensor]:
     dtype = compute_dtype(hidden, weight, perturbed)
     h, w, b, ids2, y = _inputs(hidden, weight, bias, ids, perturbed)
@@ -284,7 +282,8 @@ def soft_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tens
     acc = _acc(dtype)
     _soft_bwd_kernel[(n,)](go, h, w, b, ids2, y, grad_h, coef, k, h.shape[1], h.stride(0),
                            w.stride(0), grad_h.stride(0), temperature, clamp_lo, clamp_hi,
-                           mask_threshold, eps, HAS_BIAS=bias is not None,
+                           mask_threshold, eps, conditional_weight, noise_scale,
+                           HAS_BIAS=bias is not None, LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
                            MEAN=reduction == "mean", BLOCK_K=block_k, BLOCK_H=block_h, ACC=acc)
     # a discrete row's slots 1.. carry no gradient: key V sorts them last, and they are skipped
     padding = is_discrete(ids2)[:, None] & (torch.arange(k, device=h.device) >= 1)

@@ -15,7 +15,7 @@ Design:
   scratch; stage 2, one program per row, merges the chunks the same way. With one chunk (and
   KMAX <= FUSED_KMAX) a single fused kernel does both. Chunk count: _n_chunks.
 - Per row, on the KMAX survivors only: sort them (rank counting, KMAX x KMAX comparisons),
-  filter (softmax, nucleus, renormalise), Philox Gumbel noise keyed by token id
+  filter (softmax, nucleus with ties kept together, renormalise; cut slots get y = -inf), Philox Gumbel noise keyed by token id
   (softgrpo/philox.py), perturbed log-probs, the slots' order by y (rank counting again,
   stable), Gumbel-softmax weights, the rollout log-prob; for discrete rows the Gumbel-max
   token and its full-vocabulary log-prob z[s] - lse.
@@ -131,10 +131,15 @@ def _filtered(vals, n, top_p, KMAX: tl.constexpr):
     p = tl.math.div_rn(e, tl.sum(e, axis=0))
     acc = tl.full([], 0.0, tl.float64)
     cum = tl.zeros([KMAX], tl.float32)
+    prev = tl.full([], -1.0, tl.float32)
+    tie = tl.full([], 0.0, tl.float32)
     for r in range(n):  # inclusive cumsum, sequential in fp64 as torch's CPU cumsum
-        acc += tl.sum(tl.where(slot == r, p, 0.0), axis=0).to(tl.float64)
-        cum = tl.where(slot == r, acc.to(tl.float32), cum)
-    p = tl.where(cum - p > top_p, 0.0, p)  # cut once the mass before a slot exceeds top_p
+        p_r = tl.sum(tl.where(slot == r, p, 0.0), axis=0)
+        acc += p_r.to(tl.float64)
+        tie = tl.where(p_r == prev, tie, acc.to(tl.float32))  # a tie keeps its first slot's sum
+        prev = p_r
+        cum = tl.where(slot == r, tie, cum)
+    p = tl.where(cum - p > top_p, 0.0, p)  # cut once the mass before a slot (its tie) > top_p
     return tl.math.div_rn(p, tl.sum(p, axis=0))
 
 
@@ -158,9 +163,10 @@ def _finish(keys, lse, row, seed_ptr, offset_ptr, thinking_ptr, ids_ptr, perturb
 
     # Soft row: y = l + c * clamp(g), slots by y descending (stable), weights softmax(y / tau).
     soft = slot < k
-    log_p = tl.log(_filtered(vals, k, top_p, KMAX) + eps)
+    p = _filtered(vals, k, top_p, KMAX)
+    log_p = tl.log(p + eps)
     g_soft = tl.minimum(tl.maximum(g, clamp_lo), clamp_hi)
-    y = log_p + noise_scale * g_soft
+    y = tl.where(p == 0.0, float("-inf"), log_p + noise_scale * g_soft)  # cut: y -inf, w 0
     # slot j precedes slot i iff y_j > y_i, or y_j == y_i and j < i (a stable sort)
     before = (y[None, :] > y[:, None]) | ((y[None, :] == y[:, None]) &
                                          (slot[None, :] < slot[:, None]))

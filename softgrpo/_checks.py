@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from softgrpo.reference.common import is_discrete
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 INT_DTYPES = (torch.int64, torch.int32)
 
@@ -107,3 +109,19 @@ def row_normalisers(lse: torch.Tensor) -> None:
         raise ValueError("logits contain NaN (use -inf to mask a token)")
     if (lse == -math.inf).any():
         raise ValueError("logits have a row in which every value is -inf")
+
+
+def perturbed_records(ids: torch.Tensor, perturbed: torch.Tensor, likelihood: str) -> None:
+    """Data check of stored perturbed values: no NaN or +inf; -inf marks a slot cut by top-p
+    (spec 2) and is never in slot 0, the step's token; for likelihood "token", slot 0 of every
+    soft row holds the row's largest value (the Gumbel-max token)."""
+    if torch.isnan(perturbed).any() or (perturbed == math.inf).any():
+        raise ValueError("perturbed contains NaN or +inf (-inf marks a cut slot)")
+    if (perturbed[..., 0] == -math.inf).any():
+        raise ValueError("perturbed[..., 0] contains -inf: slot 0 holds the step's token, which "
+                         "top-p never cuts")
+    if likelihood == "token":
+        soft = ~is_discrete(ids)
+        if (soft & (perturbed > perturbed[..., :1]).any(dim=-1)).any():
+            raise ValueError("likelihood='token' needs slot 0 of every soft row to hold its "
+                             "largest perturbed value (the token), as soft_sample stores them")

@@ -157,7 +157,7 @@ def test_no_full_vocabulary_logits(discrete):
     gather K head rows, discrete rows work in chunk x chunk blocks."""
     n, hidden_size, vocab, k, chunk = 64, 8, 211, 5, 16
     hidden, weight, b, ids, y = records(n, hidden_size, vocab, k, discrete, seed=9)
-    args = (0.8, -1.5, 3.0, -3.0, 1e-6, "mean", chunk)
+    args = (0.8, -1.5, 3.0, -3.0, 1e-6, "mean", "release", 0.0, 1.0, chunk)
     with _Sizes() as sizes:
         _, lse = ref.soft_logprob_from_hidden(hidden, weight, b, ids, y, *args)
         ref.soft_logprob_from_hidden_backward(torch.ones(n), hidden, weight, b, ids, y, lse,
@@ -178,7 +178,7 @@ def test_empty_batch():
 def test_opcheck(bias):
     hidden, weight, b, ids, y = records(10, 7, 23, 4, 0.3, bias=bias, seed=10)
     h, w, bb = leaf(hidden, weight, b)
-    options = (0.9, -1.5, 3.0, -3.0, 1e-6, "mean", 5)
+    options = (0.9, -1.5, 3.0, -3.0, 1e-6, "mean", "release", 0.0, 1.0, 5)
     torch.library.opcheck(torch.ops.softgrpo.soft_logprob_from_hidden.default,
                           (h, w, bb, ids, y, *options))
     _, lse = torch.ops.softgrpo.soft_logprob_from_hidden(hidden, weight, b, ids, y, *options)

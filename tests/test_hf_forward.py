@@ -21,8 +21,8 @@ from softgrpo.adapters.hf.embeddings import InputEmbedder
 from softgrpo.rollout import select
 
 PROMPTS = ["1 + 2 = <think>", "x y", "so we get 3 4 5 6 7 8 9", "the answer is"]
-# top_p=1: no nucleus cut, so a soft row's rollout log-prob is exactly what training recovers;
-# forcing the think-end at step 6 guarantees forced and discrete rows as well.
+# Forcing the think-end at step 6 guarantees forced and discrete rows beside the soft ones
+# (rows with cut slots: test_rows_with_cut_slots_reproduce_the_rollout).
 CONFIG = SoftThinkingConfig(max_new_tokens=14, top_p=1.0, max_thinking_tokens=6, seed=7)
 HEADS = [("qwen2", False), ("qwen2", True), ("llama", None), ("gemma", None), ("phi", None)]
 
@@ -64,24 +64,22 @@ def test_training_forward_reproduces_the_rollout(arch, tie):
     assert torch.equal(embeds[trace.fed], trace.inputs[trace.fed])  # exactly what was fed
 
 
-def test_top_p_cut_rows_follow_the_documented_release_quirk():
-    """Rollout: nucleus inside the top-k, renormalised over the nucleus (cut slots get
-    log(1e-6)). Training: softmax over all k logits. Rows with no cut agree; rows with a cut
-    score the spec-4 formula on the same logits, which differs from the rollout value."""
-    config = CONFIG.replace(top_p=0.85, max_thinking_tokens=None, max_new_tokens=16)
-    model, rollout, trace = rollout_of("llama", config=config)
+@pytest.mark.parametrize("top_p, temperature", [(0.8, 1.0), (0.95, 0.3)])
+def test_rows_with_cut_slots_reproduce_the_rollout(top_p, temperature):
+    """Slots that top-p cut are stored with their real id and perturbed -inf (spec 2); the
+    training side normalises over the kept slots, so at the rollout's weights every soft row,
+    cut or not, scores exactly its rollout-side log-prob."""
+    config = CONFIG.replace(top_p=top_p, temperature=temperature, max_thinking_tokens=None,
+                            max_new_tokens=16)
+    model, rollout, _ = rollout_of("llama", config=config)
     soft = rollout.thinking_mask
     with torch.no_grad():
         logp = policy_logprobs(model, rollout)
-    vals = trace.logits[soft].topk(config.k, dim=-1).values / config.temperature
-    p = torch.softmax(vals, -1)
-    cut = (p.cumsum(-1) - p > config.top_p).any(-1)
-    assert cut.any() and (~cut).any()
-    torch.testing.assert_close(logp[soft][~cut], rollout.logprobs[soft][~cut], rtol=0, atol=1e-5)
-    on_logits = soft_logprob(trace.logits[soft], rollout.topk_ids[soft], rollout.perturbed[soft],
-                             temperature=config.temperature)
-    torch.testing.assert_close(logp[soft], on_logits, rtol=0, atol=1e-5)
-    assert ((logp[soft][cut] - rollout.logprobs[soft][cut]).abs() > 1e-2).any()
+    y, ids = rollout.perturbed[soft], rollout.topk_ids[soft]
+    cut = y == -math.inf
+    assert cut.any()
+    assert (ids[cut] != 0).any() and not cut[:, 0].any()  # real ids; the token is never cut
+    torch.testing.assert_close(logp[soft], rollout.logprobs[soft], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch, tie", [("qwen2", True), ("gemma", None), ("phi", None)])

@@ -3,6 +3,7 @@ against the pure-torch reference on small odd shapes."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -29,9 +30,10 @@ CASES = [
 
 
 def _options(chunk, temperature=1.0, clamp=(-1.5, 3.0), mask_threshold=-3.0, eps=1e-6,
-             reduction="mean"):
+             reduction="mean", likelihood="release", conditional_weight=0.0, noise_scale=1.0):
     lo, hi = clamp if clamp is not None else (-float("inf"), float("inf"))
-    return (temperature, lo, hi, mask_threshold, eps, reduction, chunk)
+    return (temperature, lo, hi, mask_threshold, eps, reduction, likelihood,
+            conditional_weight, noise_scale, chunk)
 
 
 def _compare(hidden, weight, bias, ids, y, options, atol):
@@ -56,6 +58,23 @@ def test_launchers_match_reference(case):
                                         bias=bias, seed=n)
     atol = 1e-12 if dtype == torch.float64 else 2e-5
     _compare(hidden, weight, b, ids, y, _options(chunk, **kw), atol)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(likelihood="release"), dict(likelihood="exact", clamp=None, noise_scale=0.5),
+    dict(likelihood="token", clamp=None), dict(likelihood="token", clamp=None,
+                                                conditional_weight=0.4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_likelihoods_with_cut_slots(kw, dtype):
+    """Soft rows whose trailing slots top-p cut (y = -inf; slot 0 the largest y)."""
+    hidden, weight, b, ids, y = records(12, 19, 37, 5, 0.25, dtype=dtype, seed=7)
+    y, order = y.sort(-1, descending=True)
+    ids = ids.gather(-1, order)
+    soft = ~(ids[:, 1:] == 0).all(-1)
+    rows = soft.nonzero().squeeze(-1)
+    y[rows[0], 2:], y[rows[1], 1:], y[rows[2], 4] = -math.inf, -math.inf, -math.inf
+    atol = 1e-12 if dtype == torch.float64 else 2e-5
+    _compare(hidden, weight, b, ids, y, _options(6, **kw), atol)
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # log(0): the -inf block

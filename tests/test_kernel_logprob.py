@@ -40,9 +40,10 @@ def batch(lead, k, v, gen, dtype=torch.float32, discrete=(0,), noise=(-1.0, 2.0)
 
 
 def check(logits, ids, y, grad, *, temperature=T, clamp=CLAMP, reduction="mean",
-          grad_tol=None):
+          likelihood="release", weight=0.0, scale=1.0, grad_tol=None):
     """Forward (fp32 out: tight) and backward (logits dtype) against the reference."""
-    args = (logits, ids, y, temperature, *clamp, -3.0, 1e-6, reduction)
+    args = (logits, ids, y, temperature, *clamp, -3.0, 1e-6, reduction, likelihood, weight,
+            scale)
     out = kern.soft_logprob(*args)
     want = ref.soft_logprob(*args)
     assert out.dtype == want.dtype == torch.float32 and out.shape == want.shape
@@ -84,6 +85,27 @@ def test_clamp_bounds(noise, clamp):
     check(logits, ids, y, torch.randn(17, generator=gen), clamp=clamp)
 
 
+@pytest.mark.parametrize("likelihood,weight,scale", [
+    ("release", 0.0, 1.0), ("exact", 0.0, 1.0), ("exact", 0.0, 0.6), ("token", 0.0, 1.0),
+    ("token", 0.3, 0.8), ("token", 1.0, 1.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_likelihoods_with_cut_slots(likelihood, weight, scale, dtype):
+    """Every likelihood on soft rows whose trailing slots top-p cut (y = -inf), slot 0 the
+    largest y as soft_sample stores them, beside discrete rows."""
+    gen = torch.Generator().manual_seed(11)
+    logits, ids, y = batch((17,), 5, 300, gen, dtype, discrete=(0, 9), noise=(-1.0, 4.0))
+    y, order = y.sort(-1, descending=True)
+    ids = ids.gather(-1, order)
+    ids[[0, 9], 1:] = 0  # discrete rows again after the sort
+    y[1, 3:], y[2, 1:], y[7, 4] = -math.inf, -math.inf, -math.inf
+    clamp = CLAMP if likelihood == "release" else (-math.inf, math.inf)
+    reduction = "mean" if likelihood == "release" else "sum"
+    got = check(logits, ids, y, torch.randn(17, generator=gen), clamp=clamp,
+                reduction=reduction, likelihood=likelihood, weight=weight, scale=scale)
+    assert (got[2] == 0).all()  # one kept slot: its softmax is 1 whatever the logits
+    assert got[1, ids[1, 3:]].eq(0).all() and got[1, ids[1, :3]].ne(0).any()
+
+
 def test_all_discrete_int32_ids_and_full_vocab_tile(monkeypatch):
     monkeypatch.setattr(kern, "BLOCK_V", 4096)  # the GPU tile: V = 5003 needs 2, one partial
     gen = torch.Generator().manual_seed(4)
@@ -119,7 +141,7 @@ def test_fp64_runs_the_reference():
     gen = torch.Generator().manual_seed(6)
     logits, ids, y = batch((5,), 3, 40, gen, torch.float64)
     y = y.double()
-    args = (logits, ids, y, 0.7, *CLAMP, -3.0, 1e-6, "mean")
+    args = (logits, ids, y, 0.7, *CLAMP, -3.0, 1e-6, "mean", "release", 0.0, 1.0)
     out = kern.soft_logprob(*args)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref.soft_logprob(*args), rtol=0, atol=0)

@@ -29,7 +29,16 @@ def op_samples():
     yield ops.soft_embedding.default, (table, ids, torch.softmax(yg, -1))
     yield ops.soft_token_embedding.default, (table, ids, yg, 0.3)
     for reduction in ("mean", "sum"):
-        yield ops.soft_logprob.default, (logits, ids, y, 1.0, -1.5, 3.0, -3.0, 1e-6, reduction)
+        yield ops.soft_logprob.default, (logits, ids, y, 1.0, -1.5, 3.0, -3.0, 1e-6, reduction,
+                                         "release", 0.0, 1.0)
+    y_cut, order = y.sort(-1, descending=True)  # slot 0 the token, as soft_sample stores it
+    ids_cut = ids.gather(-1, order)
+    ids_cut[1, 1:] = 0
+    y_cut[3, 2:] = -float("inf")  # slots cut by top-p
+    for likelihood, weight in (("release", 0.0), ("exact", 0.0), ("token", 0.0), ("token", 0.5)):
+        unclamped = (-float("inf"), float("inf"), -float("inf"))
+        yield ops.soft_logprob.default, (logits, ids_cut, y_cut, 0.8, *unclamped, 1e-6, "sum",
+                                         likelihood, weight, 0.7)
 
 
 @pytest.mark.parametrize("op,args", list(op_samples()), ids=lambda x: getattr(x, "name", ""))

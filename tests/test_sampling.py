@@ -19,9 +19,11 @@ def naive_step(z, k, temperature, top_p, tau, c, seed, offset, thinking, clamp, 
     def filtered(width, p_cut):
         top = order[:width]
         p = probs[top] / probs[top].sum()
-        mass, keep = 0.0, []
-        for pi in p.tolist():
-            keep.append(mass <= p_cut)
+        mass, before, keep = 0.0, 0.0, []
+        for i, pi in enumerate(p.tolist()):
+            if i == 0 or pi != p[i - 1]:  # tied slots are cut or kept together
+                before = mass
+            keep.append(before <= p_cut)
             mass += pi
         p = p * torch.tensor(keep, dtype=torch.float64)
         return top, p / p.sum()
@@ -36,7 +38,7 @@ def naive_step(z, k, temperature, top_p, tau, c, seed, offset, thinking, clamp, 
         top, p = filtered(k, top_p)
         l = torch.log(p + eps)
         g = noise(top).clamp(*clamp)
-        y = l + c * g
+        y = torch.where(p == 0, -math.inf, l + c * g)  # a slot cut by top-p: -inf, weight 0
         slots = sorted(range(k), key=lambda i: -float(y[i]))
         y, g, l = y[slots], g[slots], l[slots]
         kept = (l > threshold).double()

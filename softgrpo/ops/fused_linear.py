@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from softgrpo import _checks
-from softgrpo.ops.logprob import check_logprob_options
+from softgrpo.ops.logprob import LIKELIHOOD_AT, check_logprob_options
 from softgrpo.ops.registry import on_cuda, without_autocast
 from softgrpo.reference import fused_linear as ref
 from softgrpo.reference.common import compute_dtype
@@ -15,21 +15,21 @@ Tensor = torch.Tensor
 
 
 def _check_records(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
-                   perturbed: Tensor, *_) -> None:
+                   perturbed: Tensor, *options) -> None:
     _checks.ids_in_range(ids, weight.shape[0])
-    if not torch.isfinite(perturbed).all():
-        raise ValueError("perturbed contains NaN or inf")
+    _checks.perturbed_records(ids, perturbed, options[LIKELIHOOD_AT])
 
 
 @torch.library.custom_op("softgrpo::soft_logprob_from_hidden", mutates_args=())
 @without_autocast
 def _flp(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, perturbed: Tensor,
          temperature: float, clamp_lo: float, clamp_hi: float, mask_threshold: float, eps: float,
-         reduction: str, chunk_size: int) -> tuple[Tensor, Tensor]:
-    _check_records(hidden, weight, bias, ids, perturbed)
-    return ref.soft_logprob_from_hidden(hidden, weight, bias, ids, perturbed, temperature,
-                                        clamp_lo, clamp_hi, mask_threshold, eps, reduction,
-                                        chunk_size)
+         reduction: str, likelihood: str, conditional_weight: float, noise_scale: float,
+         chunk_size: int) -> tuple[Tensor, Tensor]:
+    options = (temperature, clamp_lo, clamp_hi, mask_threshold, eps, reduction, likelihood,
+               conditional_weight, noise_scale, chunk_size)
+    _check_records(hidden, weight, bias, ids, perturbed, *options)
+    return ref.soft_logprob_from_hidden(hidden, weight, bias, ids, perturbed, *options)
 
 
 @torch.library.custom_op("softgrpo::soft_logprob_from_hidden_backward", mutates_args=())
@@ -37,10 +37,12 @@ def _flp(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, pertu
 def _flp_bwd(grad: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
              perturbed: Tensor, lse: Tensor, temperature: float, clamp_lo: float,
              clamp_hi: float, mask_threshold: float, eps: float, reduction: str,
+             likelihood: str, conditional_weight: float, noise_scale: float,
              chunk_size: int) -> tuple[Tensor, Tensor, Tensor]:
     return ref.soft_logprob_from_hidden_backward(grad, hidden, weight, bias, ids, perturbed, lse,
                                                  temperature, clamp_lo, clamp_hi,
-                                                 mask_threshold, eps, reduction, chunk_size)
+                                                 mask_threshold, eps, reduction, likelihood,
+                                                 conditional_weight, noise_scale, chunk_size)
 
 
 on_cuda(_flp, "fused_linear", "soft_logprob_from_hidden", _check_records)
@@ -71,8 +73,8 @@ def _backward(ctx, grad, _grad_lse):
     hidden, weight, bias, ids, perturbed, lse = ctx.saved_tensors
     grad_h, grad_w, grad_b = torch.ops.softgrpo.soft_logprob_from_hidden_backward(
         grad, hidden, weight, bias, ids, perturbed, lse, *ctx.options)
-    return (grad_h, grad_w, grad_b if ctx.has_bias else None,
-            None, None, None, None, None, None, None, None, None)
+    return (grad_h, grad_w, grad_b if ctx.has_bias else None, None, None,
+            *(None,) * len(ctx.options))
 
 
 _flp.register_autograd(_backward, setup_context=_setup)
@@ -99,8 +101,10 @@ def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:
 def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, ids: Tensor, perturbed: Tensor, *,
                              bias: Tensor | None = None, temperature: float = 1.0,
                              clamp: tuple[float, float] | None = (-1.5, 3.0),
-                             mask_threshold: float = -3.0, eps: float = 1e-6,
-                             reduction: str = "mean", chunk_size: int | None = None) -> Tensor:
+                             mask_threshold: float | None = None, eps: float = 1e-6,
+                             reduction: str | None = None, likelihood: str = "release",
+                             conditional_weight: float = 0.0, noise_scale: float = 1.0,
+                             chunk_size: int | None = None) -> Tensor:
     """soft_logprob(hidden @ weight.T + bias, ids, perturbed, ...) without the (N, V) logits.
 
     Soft rows read the K rows of weight (and bias) at their ids: K dot products each. Discrete
@@ -114,7 +118,8 @@ def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, ids: Tensor, pertur
         weight: (V, H) LM head, tied or not, hidden's dtype.
         ids: (..., k) int64/int32 stored top-k ids in [0, V); perturbed: (..., k) float y.
         bias: optional (V,) head bias, weight's dtype.
-        temperature, clamp, mask_threshold, eps, reduction: as in soft_logprob.
+        temperature, clamp, mask_threshold, eps, reduction, likelihood, conditional_weight,
+            noise_scale: as in soft_logprob (cut slots hold -inf in perturbed).
         chunk_size: block edge for the discrete rows' logits (and the token blocks of the
             gathered rows); None: min(4096, max(N, V)).
 
@@ -125,8 +130,8 @@ def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, ids: Tensor, pertur
     Raises:
         TypeError / ValueError naming the argument: dtypes (weight and bias must match
         hidden), weight's H or bias's V that does not fit, ids and perturbed that do not match
-        each other or hidden's leading dimensions, ids out of [0, V), non-finite perturbed,
-        a bad temperature, clamp, reduction or chunk_size.
+        each other or hidden's leading dimensions, ids out of [0, V), bad perturbed values or
+        options (as soft_logprob), a bad chunk_size.
     """
     _check_head(hidden, weight, bias)
     _checks.ids_and_values(ids, perturbed, "perturbed")
@@ -135,7 +140,7 @@ def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, ids: Tensor, pertur
                          f"{tuple(hidden.shape)} and {tuple(ids.shape)}")
     _checks.same_device(hidden=hidden, weight=weight, bias=bias, ids=ids, perturbed=perturbed)
     options = check_logprob_options(temperature, clamp, mask_threshold, eps, reduction,
-                                    ids.shape[-1])
+                                    likelihood, conditional_weight, noise_scale, ids.shape[-1])
     if chunk_size is None:
         chunk_size = ref.default_chunk_size(ids.numel() // ids.shape[-1], weight.shape[0])
     chunk_size = _checks.integer("chunk_size", chunk_size, 1)

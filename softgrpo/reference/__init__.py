@@ -9,10 +9,11 @@ from softgrpo.reference.embedding import (
     soft_token_embedding,
     soft_token_embedding_backward,
 )
-from softgrpo.reference.logprob import soft_logprob, soft_logprob_backward
+from softgrpo.reference.logprob import LIKELIHOODS, soft_logprob, soft_logprob_backward
 from softgrpo.reference.sampling import soft_sample, topk_sorted
 
 __all__ = [
+    "LIKELIHOODS",
     "gumbel_softmax_weights",
     "gumbel_softmax_weights_backward",
     "soft_embedding",

@@ -151,12 +151,14 @@ def gathered_logits(h: Tensor, weight: Tensor, bias: Tensor | None, ids2: Tensor
 def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
                              perturbed: Tensor, temperature: float, clamp_lo: float,
                              clamp_hi: float, mask_threshold: float, eps: float, reduction: str,
+                             likelihood: str, conditional_weight: float, noise_scale: float,
                              chunk_size: int) -> tuple[Tensor, Tensor]:
     """(log-prob, lse), both (...) in the compute dtype; lse is saved for the backward."""
     dtype = compute_dtype(hidden, weight, perturbed)
     h, ids2, y = flat(hidden, ids, perturbed)
     zk = gathered_logits(h, weight, bias, ids2, dtype, chunk_size) / temperature
-    soft = soft_rows(zk, y.to(dtype), clamp_lo, clamp_hi, mask_threshold, eps, reduction)
+    soft = soft_rows(zk, y.to(dtype), clamp_lo, clamp_hi, mask_threshold, eps, reduction,
+                     likelihood, conditional_weight, noise_scale)
     out = torch.where(is_discrete(ids2), zk[:, 0], soft)  # discrete rows: the label's logit
     out, lse = subtract_normalisers(out, h, weight, bias, ids2, temperature, chunk_size, dtype,
                                     _block_lse)
@@ -167,7 +169,8 @@ def soft_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tens
                                       bias: Tensor | None, ids: Tensor, perturbed: Tensor,
                                       lse: Tensor, temperature: float, clamp_lo: float,
                                       clamp_hi: float, mask_threshold: float, eps: float,
-                                      reduction: str, chunk_size: int
+                                      reduction: str, likelihood: str, conditional_weight: float,
+                                      noise_scale: float, chunk_size: int
                                       ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. hidden, weight and bias (empty (0,) without bias)."""
     dtype = compute_dtype(hidden, weight, perturbed)
@@ -178,7 +181,8 @@ def soft_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tens
                                                  _block_grad)
     zk = gathered_logits(h, weight, bias, ids2, dtype, chunk_size) / temperature
     d_zk = soft_rows_backward(go[:, None], zk, y.to(dtype), temperature, clamp_lo, clamp_hi,
-                              mask_threshold, eps, reduction)
+                              mask_threshold, eps, reduction, likelihood, conditional_weight,
+                              noise_scale)
     label = torch.zeros_like(d_zk)
     label[:, 0] = go / temperature
     d_zk = torch.where(is_discrete(ids2)[:, None], label, d_zk)  # discrete: d/d label logit

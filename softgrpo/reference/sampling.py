@@ -31,9 +31,14 @@ def topk_sorted(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def filtered(vals: torch.Tensor, top_p: float) -> torch.Tensor:
-    """p_hat of spec 2.2 from the sorted top-k logits: renormalise, nucleus, renormalise."""
+    """p_hat of spec 2.2 from the sorted top-k logits: renormalise, nucleus, renormalise.
+
+    A slot is cut once the mass before it exceeds top_p; tied slots are cut or kept together
+    (the mass before a tie is taken at its first slot), as flashinfer's top-p sampler does."""
     p = torch.softmax(vals, dim=-1)  # the full-vocabulary normaliser cancels in the renorm
-    p = p.masked_fill(p.cumsum(-1) - p > top_p, 0.0)  # cut once the mass before a slot > top_p
+    desc = p.neg().contiguous()  # ascending: searchsorted finds each tie's first slot
+    first = torch.searchsorted(desc, desc)
+    p = p.masked_fill(p.cumsum(-1).gather(-1, first) - p > top_p, 0.0)
     return p / p.sum(-1, keepdim=True)
 
 
@@ -53,7 +58,7 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
     soft_ids = ids[:, :k]
     g = torch.zeros_like(l_soft) if greedy else philox.gumbel(seed, offset, soft_ids)
     g = g.clamp(clamp_lo, clamp_hi)
-    y = l_soft + noise_scale * g
+    y = (l_soft + noise_scale * g).masked_fill(p == 0, -math.inf)  # a cut slot: y -inf, w 0
     order = torch.sort(y, dim=-1, descending=True, stable=True).indices
     y, soft_ids, g, l_soft = (t.gather(-1, order) for t in (y, soft_ids, g, l_soft))
     weights = torch.softmax(y / tau, dim=-1)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from softgrpo.reference.common import is_discrete
+from softgrpo.reference.logprob import LIKELIHOODS
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 INT_DTYPES = (torch.int64, torch.int32)
@@ -125,3 +126,21 @@ def perturbed_records(ids: torch.Tensor, perturbed: torch.Tensor, likelihood: st
         if (soft & (perturbed > perturbed[..., :1]).any(dim=-1)).any():
             raise ValueError("likelihood='token' needs slot 0 of every soft row to hold its "
                              "largest perturbed value (the token), as soft_sample stores them")
+
+
+def likelihood_setting(likelihood: object, conditional_weight: object,
+                       noise_clamp: tuple[float, float] | list[float] | None,
+                       clamp_name: str = "noise_clamp") -> float:
+    """The soft-row likelihood (spec 9) with its weight and the rollout noise clamp it scores:
+    "exact" and "token" need unclamped noise. Returns conditional_weight as a float."""
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    conditional_weight = real("conditional_weight", conditional_weight, low=0.0, high=1.0)
+    if conditional_weight and likelihood != "token":
+        raise ValueError(f"conditional_weight applies to likelihood 'token' only, got "
+                         f"likelihood {likelihood!r}")
+    if likelihood != "release" and noise_clamp is not None:
+        raise ValueError(f"likelihood {likelihood!r} scores unclamped noise: set {clamp_name} to "
+                         f"None (got {tuple(noise_clamp)}); clamped noise has no unbiased "
+                         "likelihood-ratio score, its point masses move with the policy (spec 9)")
+    return conditional_weight

@@ -65,6 +65,11 @@ class TrainConfig:
     kl_kind: str = "low_var_kl"
     loss_agg: str = "token-mean"
     pathwise: bool = False  # keep the gradient through soft input embeddings (spec 8)
+    # the soft-row score (spec 9): "release" (the paper's), "exact" (joint noise density) or
+    # "token" (log P(token) + conditional_weight * log q(y | token)); "exact" and "token"
+    # need unclamped rollout noise (noise_clamp: null)
+    likelihood: str = "release"
+    conditional_weight: float = 0.0  # "token" only, in [0, 1]
 
     # -- rollout (spec 2 and 6) --------------------------------------------------------------
     backend: str = "hf"  # "hf", "vllm", or "module:factory" (factory(model, tokenizer))
@@ -148,6 +153,7 @@ class TrainConfig:
         for name in ("weight_decay", "kl_coef"):
             _checks.real(name, getattr(self, name), low=0.0)
         _checks.real("warm_start_skip", self.warm_start_skip, low=0.0, high=1.0)
+        _checks.likelihood_setting(self.likelihood, self.conditional_weight, self.noise_clamp)
         if self.eval_temperature is not None:
             _checks.real("eval_temperature", self.eval_temperature, low=0.0)
         if self.min_free_disk_gb is not None:

@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                 for micro in rows.split(cfg.micro_batch_size):
                     with autocast(device, dtype):
                         logp = policy_logprobs(model, select(rollout, micro),
-                                               pathwise=cfg.pathwise)
+                                               pathwise=cfg.pathwise, **_likelihood(cfg))
                     loss, metrics = softgrpo_loss(
                         logp, old_logp[micro], advantages[micro], mask[micro],
                         ref_logp=None if ref_logp is None else ref_logp[micro],
@@ -249,8 +249,12 @@ def _logprobs(model: torch.nn.Module, rollout: Rollout, cfg: TrainConfig,
     """(B, L) log-probs of a whole rollout, in micro-batches, without gradient."""
     rows = torch.arange(rollout.response_ids.shape[0])
     with autocast(device, dtype):
-        return torch.cat([policy_logprobs(model, select(rollout, micro))
+        return torch.cat([policy_logprobs(model, select(rollout, micro), **_likelihood(cfg))
                           for micro in rows.split(cfg.micro_batch_size)])
+
+
+def _likelihood(cfg: TrainConfig) -> dict:
+    return {"likelihood": cfg.likelihood, "conditional_weight": cfg.conditional_weight}
 
 
 def _weight(mask: torch.Tensor, agg: str) -> int:

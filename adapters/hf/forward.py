@@ -70,6 +70,7 @@ def input_embeddings(model: torch.nn.Module, rollout: Rollout, *,
 
 def policy_logprobs(model: torch.nn.Module, rollout: Rollout, *,
                     temperature: float | None = None, pathwise: bool = False,
+                    likelihood: str = "release", conditional_weight: float = 0.0,
                     chunk_size: int | None = None) -> torch.Tensor:
     """(B, L) fp32 log-probs of a rollout's response positions under ``model`` (spec 4).
 
@@ -85,11 +86,14 @@ def policy_logprobs(model: torch.nn.Module, rollout: Rollout, *,
         rollout: a Rollout (or a slice of one, see ``select``).
         temperature: T > 0; default the rollout's (1 for a greedy rollout).
         pathwise: keep the gradient through the soft input embeddings (see input_embeddings).
+        likelihood, conditional_weight: the soft-row score (soft_logprob_from_hidden, spec 9);
+            the rollout's noise clamp and noise scale go with it ("exact" and "token" need a
+            rollout with noise_clamp=None).
         chunk_size: passed to soft_logprob_from_hidden.
 
     Raises:
         TypeError / ValueError: not a Rollout, inconsistent shapes, a model without an LM head
-        or whose logits are softcapped or scaled.
+        or whose logits are softcapped or scaled, a likelihood the rollout cannot serve.
     """
     head = lm_head(model)
     embeds = input_embeddings(model, rollout, pathwise=pathwise)
@@ -110,5 +114,7 @@ def policy_logprobs(model: torch.nn.Module, rollout: Rollout, *,
         head.weight, rollout.topk_ids.to(device)[response_mask],
         rollout.perturbed.to(device)[response_mask], bias=bias,
         temperature=temperature if temperature is not None else rollout.config.temperature or 1.0,
-        clamp=rollout.config.noise_clamp, chunk_size=chunk_size)
+        clamp=rollout.config.noise_clamp, likelihood=likelihood,
+        conditional_weight=conditional_weight, noise_scale=rollout.config.noise_scale,
+        chunk_size=chunk_size)
     return logp.new_zeros(response_mask.shape).masked_scatter(response_mask, logp)

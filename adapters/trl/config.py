@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from softgrpo import _checks
 from softgrpo.loss import KL_KINDS
 from softgrpo.rollout import SoftThinkingConfig
 
@@ -41,6 +42,10 @@ class SoftGRPOConfig(GRPOConfig):
         dual_clip (`float` or `None`, defaults to `3.0`): dual-clip bound for negative
             advantages (`"softgrpo"` loss only).
         kl_kind (`str`, defaults to `"low_var_kl"`): KL estimator of the `"softgrpo"` loss.
+        likelihood (`str`, defaults to `"release"`): the soft-row score (spec 9): `"release"`
+            (the paper's), `"exact"` or `"token"`; the latter two need
+            `soft_noise_clamp=None`.
+        conditional_weight (`float`, defaults to `0.0`): `"token"` only, in [0, 1].
     """
 
     top_k: int = field(default=5, metadata={"help": "Soft-token width K (top-k of thinking)."})
@@ -60,6 +65,10 @@ class SoftGRPOConfig(GRPOConfig):
     rollout_mode: str = field(default="soft", metadata={"help": "'soft' or 'discrete'."})
     dual_clip: float | None = field(default=3.0, metadata={"help": "Dual-clip bound."})
     kl_kind: str = field(default="low_var_kl", metadata={"help": "KL estimator."})
+    likelihood: str = field(default="release", metadata={
+        "help": "Soft-row score: 'release', 'exact' or 'token' (spec 9)."})
+    conditional_weight: float = field(default=0.0, metadata={
+        "help": "'token' only: weight of log q(y | token), in [0, 1]."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -84,6 +93,8 @@ class SoftGRPOConfig(GRPOConfig):
         if self.kl_kind not in KL_KINDS:
             raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
         self.soft_thinking_config()  # validates the rollout settings now
+        _checks.likelihood_setting(self.likelihood, self.conditional_weight,
+                                   self.soft_noise_clamp, "soft_noise_clamp")
 
     def soft_thinking_config(self) -> SoftThinkingConfig:
         """The rollout settings as a softgrpo SoftThinkingConfig (validated there)."""

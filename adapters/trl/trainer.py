@@ -49,9 +49,9 @@ PREFIX = "soft_"
 
 IS_REASON = ("TRL's importance-sampling correction against rollout log-probs is off: soft "
              "rollouts run in the training process on the current weights (old log-probs are the "
-             "sampling log-probs), and the rollout-side soft log-prob (spec 2.9) renormalises "
-             "over the top-p nucleus while the training-side one does not (spec 8), so it is not "
-             "handed to TRL as sampling_per_token_logps.")
+             "sampling log-probs), and the rollout side reports the 'release' soft log-prob only "
+             "(spec 2.9), not the likelihood training may use (spec 9), so it is not handed to "
+             "TRL as sampling_per_token_logps.")
 
 
 @dataclasses.dataclass
@@ -61,16 +61,17 @@ class SoftLogProbs:
     log_probs: torch.Tensor
 
 
-def add_soft_head(model: torch.nn.Module) -> None:
+def add_soft_head(model: torch.nn.Module, **likelihood) -> None:
     """Patch ``model.forward`` (like TRL's add_fused_lm_head): ``model(softgrpo_rollout=r)``
-    returns SoftLogProbs(policy_logprobs(model, r)); any other call runs the previous forward.
-    Going through the (wrapped) model keeps DDP/DeepSpeed hooks in the loop."""
+    returns SoftLogProbs(policy_logprobs(model, r, **likelihood)) (likelihood,
+    conditional_weight); any other call runs the previous forward. Going through the
+    (wrapped) model keeps DDP/DeepSpeed hooks in the loop."""
     previous = model.forward
 
     def forward(self, *args, softgrpo_rollout: Rollout | None = None, **kwargs):
         if softgrpo_rollout is None:
             return previous(*args, **kwargs)
-        return SoftLogProbs(policy_logprobs(self, softgrpo_rollout))
+        return SoftLogProbs(policy_logprobs(self, softgrpo_rollout, **likelihood))
 
     model.forward = types.MethodType(forward, model)
 
@@ -94,8 +95,8 @@ class SoftGRPOTrainer(GRPOTrainer):
     environments, custom ``rollout_func``, multimodal prompts, MoE router aux loss, and
     anything that needs the full-vocabulary entropy (entropy bonus, top-entropy masking).
     TRL's importance-sampling correction against rollout log-probs is disabled (logged):
-    rollouts run in-process on the current weights, and the rollout-side log-prob is not the
-    training-side one (spec 8).
+    rollouts run in-process on the current weights, and the rollout side reports only the
+    "release" soft log-prob (spec 2.9).
     """
 
     _tag_names: ClassVar[list[str]] = ["trl", "softgrpo"]
@@ -116,7 +117,9 @@ class SoftGRPOTrainer(GRPOTrainer):
         self.soft_config = args.soft_thinking_config()
         for target in (self.model, self.ref_model):
             if target is not None:
-                add_soft_head(target.get_base_model() if is_peft_model(target) else target)
+                add_soft_head(target.get_base_model() if is_peft_model(target) else target,
+                              likelihood=args.likelihood,
+                              conditional_weight=args.conditional_weight)
         self._soft_records: dict[str, torch.Tensor] | None = None
         self._next_sequence = 0
         logger.info(IS_REASON)

@@ -64,16 +64,15 @@ def softgrpo_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor,
 
     Raises ValueError without an actor config, for an unknown loss_agg_mode, and when verl
     passes rollout importance weights: they compare old log-probs with the rollout's, and the
-    rollout-side soft log-prob (spec 2.9) is not the training-side one (the rollout applies
-    top-p inside top-k, training does not; spec 8), so the weights would be biased. Disable
-    algorithm.rollout_correction for SofT-GRPO.
+    rollout side reports the "release" soft log-prob only (spec 2.9), not the likelihood
+    training may use (spec 9). Disable algorithm.rollout_correction for SofT-GRPO.
     """
     if config is None:
         raise ValueError("the softgrpo policy loss needs verl's actor config")
     if rollout_is_weights is not None:
         raise ValueError("rollout importance weights are not supported with the softgrpo loss: "
-                         "the rollout-side soft log-prob differs from the training-side one "
-                         "(top-p inside top-k, spec 8); disable algorithm.rollout_correction")
+                         "the rollout reports the 'release' soft log-prob only, not the "
+                         "training likelihood (spec 9); disable algorithm.rollout_correction")
     clip = config.clip_ratio
     clip_low = clip if config.clip_ratio_low is None else config.clip_ratio_low
     clip_high = clip if config.clip_ratio_high is None else config.clip_ratio_high

@@ -85,10 +85,8 @@ def check_logprob_options(temperature: float, clamp: tuple[float, float] | None,
                                low_open=True, high_open=True)
     lo, hi = _checks.clamp_range("clamp", clamp)
     eps = _checks.real("eps", eps, low=0.0, high=1.0, low_open=True)
-    if likelihood not in ref.LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {ref.LIKELIHOODS}, got {likelihood!r}")
-    conditional_weight = _checks.real("conditional_weight", conditional_weight, low=0.0,
-                                      high=1.0)
+    conditional_weight = _checks.likelihood_setting(likelihood, conditional_weight, clamp,
+                                                    "clamp (the rollout's noise clamp)")
     noise_scale = _checks.real("noise_scale", noise_scale, low=0.0, high=math.inf,
                                low_open=True, high_open=True)
     if likelihood != "release":
@@ -96,11 +94,6 @@ def check_logprob_options(temperature: float, clamp: tuple[float, float] | None,
             if value is not None:
                 raise ValueError(f"{name} applies to likelihood='release' only, got {name}="
                                  f"{value!r} with likelihood={likelihood!r}")
-        if clamp is not None:
-            raise ValueError(f"likelihood={likelihood!r} scores unclamped noise: roll out with "
-                             "noise_clamp=None and pass clamp=None (clamped noise has no "
-                             "unbiased likelihood-ratio score: the clamp's point masses move "
-                             "with the policy, spec 9)")
         return temperature, lo, hi, -math.inf, eps, "sum", likelihood, conditional_weight, \
             noise_scale
     mask_threshold = _checks.real("mask_threshold", -3.0 if mask_threshold is None

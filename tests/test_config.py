@@ -71,6 +71,11 @@ def test_config_round_trips_through_yaml(tmp_path):
     ({"noise_clamp": [3, 1]}, ValueError, "noise_clamp"),
     ({"chat_template": "maybe"}, TypeError, "chat_template must be bool"),
     ({"seed": -1}, ValueError, "seed must be"),
+    ({"likelihood": "joint"}, ValueError, "likelihood must be one of"),
+    ({"likelihood": "exact"}, ValueError, "set noise_clamp to None"),
+    ({"conditional_weight": 0.5}, ValueError, "applies to likelihood 'token' only"),
+    ({"likelihood": "token", "noise_clamp": "null", "conditional_weight": 2}, ValueError,
+     "conditional_weight must be in"),
 ])
 def test_bad_settings_name_the_key(overrides, error, words):
     with pytest.raises(error, match=words):

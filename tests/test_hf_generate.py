@@ -3,6 +3,8 @@ contract's noise keying, replay and batch independence, think-end detection (one
 a split "</think>"), forced think-end, EOS, discrete mode, custom_generate, the backend,
 save/load and slicing, and bad-input errors raised before any model work."""
 
+import math
+
 import pytest
 import torch
 from hf_models import ARCHS, boost, make_model, make_tokenizer, model_and_tokenizer
@@ -305,7 +307,9 @@ def test_generate_restores_train_mode_and_shows_progress(capsys):
 def test_save_load_and_select(tmp_path):
     model, tokenizer = model_and_tokenizer("qwen2")
     rollout = generate(model, tokenizer, PROMPTS, CONFIG.replace(max_thinking_tokens=5,
-                                                                 noise_clamp=(-2.0, 2.5)))
+                                                                 noise_clamp=(-2.0, 2.5),
+                                                                 top_p=0.7))
+    assert (rollout.perturbed == -math.inf).any()  # cut slots survive the round trip
     rollout.save(tmp_path / "rollout.pt")
     loaded = Rollout.load(tmp_path / "rollout.pt")
     for name, value in rollout.tensors().items():

@@ -10,7 +10,9 @@ pytest.importorskip("trl")
 from datasets import Dataset
 from hf_models import model_and_tokenizer
 
-from softgrpo.adapters.trl import SoftGRPOConfig, SoftGRPOTrainer
+from softgrpo import SoftThinkingConfig
+from softgrpo.adapters.hf import generate, policy_logprobs
+from softgrpo.adapters.trl import SoftGRPOConfig, SoftGRPOTrainer, add_soft_head
 
 PROMPTS = ["1 + 2 =", "x = 3 so", "the answer is", "( 4 ) ="]
 
@@ -138,3 +140,27 @@ def test_trainer_rejects_custom_rollouts(model_path, tmp_path):
         SoftGRPOTrainer(model=model_path[0], reward_funcs=digit_reward, args=args,
                         processing_class=model_path[1], train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
                         rollout_func=lambda prompts, trainer: {})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"likelihood": "joint"}, "likelihood must be one of"),
+    ({"likelihood": "exact"}, "set soft_noise_clamp to None"),
+    ({"conditional_weight": 0.5}, "applies to likelihood 'token' only"),
+])
+def test_config_checks_the_likelihood(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SoftGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **overrides)
+
+
+def test_soft_head_scores_with_the_configured_likelihood():
+    model, tokenizer = model_and_tokenizer("qwen2", hidden=32)
+    rollout = generate(model, tokenizer, PROMPTS, SoftThinkingConfig(
+        max_new_tokens=6, top_p=0.8, noise_clamp=None, seed=2))
+    assert (rollout.perturbed == -math.inf).any()  # cut slots reach the head
+    add_soft_head(model, likelihood="token", conditional_weight=0.3)
+    with torch.no_grad():
+        got = model(softgrpo_rollout=rollout).log_probs
+        want = policy_logprobs(model, rollout, likelihood="token", conditional_weight=0.3)
+        release = policy_logprobs(model, rollout)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got[rollout.thinking_mask], release[rollout.thinking_mask])

@@ -117,8 +117,8 @@ def _scan(row_ptr, lo, hi, temperature, KMAX: tl.constexpr, BLOCK: tl.constexpr,
 def _gumbel(seed, offset, ids):
     """Gumbel(0, 1) noise of softgrpo/philox.py: Philox keyed by seed, counter (id, offset)."""
     r = tl.randint(seed, (offset << 32) | ids).to(tl.uint32, bitcast=True)
-    # top 24 bits plus half a step: a uniform strictly inside (0, 1), exact in fp32
-    u = ((r >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
+    # top 23 bits plus half a step: a uniform strictly inside (0, 1), exact in fp32
+    u = ((r >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07
     return -tl.log(-tl.log(u))
 
 

@@ -24,8 +24,8 @@ from softgrpo.reference.common import compute_dtype
 
 Tensor = torch.Tensor
 
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
-KL_KINDS = ("k1", "k2", "mse", "k3", "low_var_kl")
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_KINDS = ("k1", "abs", "k2", "mse", "k3", "low_var_kl")
 _MASK_DTYPES = (torch.bool, torch.uint8, *_checks.INT_DTYPES, *_checks.FLOAT_DTYPES)
 # verl clamps the log-ratio before exp (stability); beyond +-20 the clip has long taken over.
 _LOG_RATIO_BOUND = 20.0
@@ -69,7 +69,10 @@ def aggregate(values: Tensor, mask: Tensor, agg: str = "token-mean") -> Tensor:
         mask: (B, L) bool or 0/1 numbers; nonzero marks a position that counts.
         agg: "token-mean": sum(values * mask) / sum(mask), every token weighs the same;
             "seq-mean-token-sum": per-row sum over tokens, then the mean over the B rows;
-            "seq-mean-token-mean": per-row token mean, then the mean over the B rows.
+            "seq-mean-token-mean": per-row token mean, then the mean over the B rows;
+            "seq-mean-token-sum-norm": the release's Dr. GRPO mode (verl 0.4): the sum over
+            rows of the per-row token sums, divided by the padded length L (not a mean over
+            rows, whatever the name says).
     Returns:
         A 0-d tensor in values' dtype. With no masked position the result is 0 (still attached
         to values' graph, zero gradient); a row without tokens contributes 0 to the seq modes
@@ -85,6 +88,8 @@ def aggregate(values: Tensor, mask: Tensor, agg: str = "token-mean") -> Tensor:
     if agg == "token-mean":
         return kept.sum() / mask.sum().clamp(min=1)
     per_row = kept.sum(-1)
+    if agg == "seq-mean-token-sum-norm":
+        return per_row.sum() / max(values.shape[1], 1)
     if agg == "seq-mean-token-mean":
         per_row = per_row / mask.sum(-1).clamp(min=1)
     return per_row.sum() / max(values.shape[0], 1)
@@ -132,7 +137,7 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "low_var_kl") -> Tens
     """Per-position KL estimate between the policy and a reference (Schulman's k1/k2/k3).
 
     With k = ref_logp - logp (samples drawn from the policy):
-      "k1": logp - ref_logp;  "k2" / "mse": 0.5 * (logp - ref_logp)^2;
+      "k1": logp - ref_logp;  "abs": |logp - ref_logp|;  "k2" / "mse": 0.5 * (logp - ref_logp)^2;
       "k3" / "low_var_kl": exp(k) - k - 1 with k clamped to [-20, 20] and the result clamped
       to [-10, 10], exactly as verl's core_algos.kl_penalty (volcengine/verl,
       verl/trainer/ppo/core_algos.py at 012be9d9) and spec section 5.
@@ -152,6 +157,8 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "low_var_kl") -> Tens
     diff = logp.to(dtype) - ref_logp.detach().to(dtype)
     if kind == "k1":
         return diff
+    if kind == "abs":
+        return diff.abs()
     if kind in ("k2", "mse"):
         return 0.5 * diff.square()
     return _k3(-diff)

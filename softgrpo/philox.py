@@ -46,9 +46,10 @@ def philox_uint32(seed: torch.Tensor, offset: torch.Tensor, token: torch.Tensor)
 
 
 def uniform(seed: torch.Tensor, offset: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-    """fp32 uniforms strictly inside (0, 1): the top 24 bits plus half a step, exact in fp32."""
-    bits = philox_uint32(seed, offset, token) >> 8
-    return (bits.float() + 0.5) * 2.0**-24
+    """fp32 uniforms strictly inside (0, 1): the top 23 bits plus half a step, exact in fp32
+    (with 24 bits, 2**24 - 0.5 would round up to 2**24 and give u = 1, g = +inf)."""
+    bits = philox_uint32(seed, offset, token) >> 9
+    return (bits.float() + 0.5) * 2.0**-23
 
 
 def gumbel(seed: torch.Tensor, offset: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

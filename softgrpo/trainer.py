@@ -258,7 +258,12 @@ def _likelihood(cfg: TrainConfig) -> dict:
 
 
 def _weight(mask: torch.Tensor, agg: str) -> int:
-    """A micro-batch's share of its mini-batch's loss: its tokens (token-mean) or its rows."""
+    """A micro-batch's share of its mini-batch's loss: its tokens (token-mean), its rows (the
+    seq-mean modes), or all of it (seq-mean-token-sum-norm: a sum over rows, not a mean).
+    So the accumulated gradient is the aggregate over the whole mini-batch; the release
+    instead averages the micro-batches' own aggregates (equal weights whatever their tokens)."""
+    if agg == "seq-mean-token-sum-norm":
+        return 1
     return int(mask.sum()) if agg == "token-mean" else mask.shape[0]
 
 

@@ -98,13 +98,34 @@ def test_heavy_ties_with_noise(launch):
 
 
 def test_small_top_p_cuts_slots():
-    """A nucleus that keeps a strict subset of the k slots (cut slots carry log(eps))."""
+    """A nucleus that keeps a strict subset of the k slots: cut slots carry -inf, weight 0."""
     logits = make_logits(8, 150, scale=1.0, seed=5)
     args = op_args(8, k=8, top_p=0.3, discrete_k=6, discrete_top_p=0.2,
                    thinking=torch.ones(8, dtype=torch.bool))
-    _, perturbed, *_ = check(logits, args, block_v=32, n_chunks=2)
-    cut = perturbed <= math.log(1e-6) + 3.0 + 1e-4  # y = log(eps) + c g with g <= 3
-    assert 8 < cut.sum() < 56
+    _, perturbed, weights, *_ = check(logits, args, block_v=32, n_chunks=2)
+    cut = perturbed == -math.inf
+    assert 8 < cut.sum() < 56 and (weights[cut] == 0).all() and not cut[:, 0].any()
+
+
+@pytest.mark.parametrize("launch", [dict(), dict(block_v=16, n_chunks=3)])
+def test_nucleus_keeps_ties_together(launch):
+    """p_hat 0.4, 0.2, 0.2, 0.2 with top_p 0.5: the tie of slots 1-3 starts at mass 0.4, so all
+    three stay (cutting by order would keep slot 1 only), as flashinfer's top-p does."""
+    logits = torch.full((2, 40), -30.0)
+    logits[:, :4] = torch.log(torch.tensor([0.4, 0.2, 0.2, 0.2]))
+    args = op_args(2, k=4, top_p=0.5, thinking=torch.tensor([True, False]))
+    _, perturbed, *_ = check(logits, args, **launch)
+    assert (perturbed[0] > -math.inf).all()
+
+
+def test_noise_of_an_all_ones_key_is_finite():
+    """Philox key whose top 24 bits are all ones: the uniform stays below 1 (23-bit draws)."""
+    logits = torch.zeros(1, 8)
+    keys = (torch.tensor([331207]), torch.tensor([1000]))
+    _, perturbed, *_ = check(logits, op_args(1, k=5, top_p=1.0, keys=keys,
+                                             clamp=(-math.inf, math.inf),
+                                             thinking=torch.tensor([True])))
+    assert torch.isfinite(perturbed).all()
 
 
 @pytest.mark.parametrize("launch", [dict(), dict(block_v=16, n_chunks=4)])

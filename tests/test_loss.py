@@ -87,6 +87,7 @@ MASK = [[1, 1, 0], [1, 0, 0], [0, 0, 0]]  # the last row has no token
     ("token-mean", (1 + 2 + 4) / 3),
     ("seq-mean-token-sum", (3 + 4 + 0) / 3),
     ("seq-mean-token-mean", (1.5 + 4 + 0) / 3),
+    ("seq-mean-token-sum-norm", (3 + 4 + 0) / 3),  # sum over rows / L (here L = B = 3)
 ])
 def test_aggregate_modes(agg, expected):
     v = t(VALUES, requires_grad=True)
@@ -111,6 +112,7 @@ def test_aggregate_empty_mask_and_nan_padding(agg):
 def test_kl_penalty_kinds_hand_values():
     logp, ref = t([[-1.0, -2.0]]), t([[-1.5, -1.0]])  # logp - ref = [0.5, -1]
     torch.testing.assert_close(kl_penalty(logp, ref, "k1"), t([[0.5, -1.0]]))
+    torch.testing.assert_close(kl_penalty(logp, ref, "abs"), t([[0.5, 1.0]]))
     for kind in ("k2", "mse"):
         torch.testing.assert_close(kl_penalty(logp, ref, kind), t([[0.125, 0.5]]))
     k3 = t([[math.exp(-0.5) + 0.5 - 1.0, math.e - 2.0]])  # k = ref - logp = [-0.5, 1]
@@ -165,6 +167,7 @@ def _example(requires_grad=True):
     ("token-mean", (-2.8 + 6.4) / 7),
     ("seq-mean-token-sum", (-2.8 + 6.4) / 2),
     ("seq-mean-token-mean", (-2.8 / 3 + 6.4 / 4) / 2),
+    ("seq-mean-token-sum-norm", (-2.8 + 6.4) / 4),  # the release: sum over rows / L = 4
 ])
 def test_policy_loss_hand_example(agg, expected):
     logp, old, adv, mask = _example()
@@ -174,7 +177,8 @@ def test_policy_loss_hand_example(agg, expected):
     loss.backward()
     weights = {"token-mean": t([[1 / 7] * 4] * 2),
                "seq-mean-token-sum": t([[1 / 2] * 4] * 2),
-               "seq-mean-token-mean": t([[1 / 6] * 4, [1 / 8] * 4])}[agg]
+               "seq-mean-token-mean": t([[1 / 6] * 4, [1 / 8] * 4]),
+               "seq-mean-token-sum-norm": t([[1 / 4] * 4] * 2)}[agg]
     torch.testing.assert_close(logp.grad, t(GRAD_PG) * weights, rtol=0, atol=1e-12)
 
 
@@ -235,7 +239,8 @@ def test_policy_loss_matches_elementwise_formula():
     n = mask.sum(-1).tolist()
     rows = [sum(p for p, k in zip(pg[b], mask[b].tolist()) if k) for b in range(3)]
     expected = {"token-mean": sum(rows) / sum(n), "seq-mean-token-sum": sum(rows) / 3,
-                "seq-mean-token-mean": sum(r / max(c, 1) for r, c in zip(rows, n)) / 3}
+                "seq-mean-token-mean": sum(r / max(c, 1) for r, c in zip(rows, n)) / 3,
+                "seq-mean-token-sum-norm": sum(rows) / 5}
     for agg in AGG_MODES:
         loss, _ = policy_loss(logp, old, adv, mask, agg=agg)
         assert loss.item() == pytest.approx(expected[agg], abs=1e-12), agg

@@ -45,6 +45,14 @@ def test_uniforms_strictly_inside_unit_interval_and_noise_finite():
     assert 0.0 < float(u.min()) and float(u.max()) < 1.0
     assert abs(float(u.mean()) - 0.5) < 0.005
     assert torch.isfinite(_draws(200_000)).all()
+    # a key whose top 24 bits are all ones: (2**24 - 0.5) * 2**-24 rounds to 1.0 in fp32
+    # (g = +inf); from 23 bits the largest uniform is 1 - 2**-24
+    assert philox.philox_uint32(torch.tensor(331207), torch.tensor(1000), torch.tensor(0)) >> 8 \
+        == 2**24 - 1
+    assert philox.uniform(torch.tensor(331207), torch.tensor(1000), torch.tensor(0)) \
+        == 1 - 2**-24
+    assert torch.isfinite(philox.gumbel(torch.tensor(331207), torch.tensor(1000),
+                                        torch.tensor(0)))
 
 
 def test_unclamped_gumbel_mean_and_variance():

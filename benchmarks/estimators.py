@@ -170,16 +170,10 @@ def true_value(reward: str, top_p: float, tau: float, clamp: tuple[float, float]
 
 def rollout(top_p: float, tau: float, clamp: tuple[float, float] | None, draws: int,
             offset: int) -> softgrpo.SoftSample:
-    """Soft steps of the bandit policy, seeds 0..draws-1 at Philox ``offset``.
-
-    Unclamped rows whose noise is +inf are left out: softgrpo.philox.uniform returns exactly
-    1.0 for the top 24-bit value (bits + 0.5 rounds up in fp32), so with probability 2**-24
-    per slot g = +inf and the row's perturbed value is +inf (its weights NaN)."""
-    sample = softgrpo.soft_sample(THETA.float().expand(draws, V), K, top_p=top_p, tau=tau,
-                                  noise_scale=NOISE_SCALE, seed=torch.arange(draws),
-                                  offset=offset, noise_clamp=clamp)
-    finite = (sample.perturbed < math.inf).all(-1)
-    return sample if bool(finite.all()) else softgrpo.SoftSample(*(t[finite] for t in sample))
+    """Soft steps of the bandit policy, seeds 0..draws-1 at Philox ``offset``."""
+    return softgrpo.soft_sample(THETA.float().expand(draws, V), K, top_p=top_p, tau=tau,
+                                noise_scale=NOISE_SCALE, seed=torch.arange(draws),
+                                offset=offset, noise_clamp=clamp)
 
 
 def rewards(sample: softgrpo.SoftSample, reward: str) -> torch.Tensor:
@@ -243,7 +237,7 @@ def run(draws: int, progress: bool = False) -> tuple[list[dict], list[dict]]:
     for offset, (top_p, tau, clamp) in enumerate(tqdm(settings, desc="estimators", file=sys.stderr,
                                                       disable=not progress)):
         sample = rollout(top_p, tau, clamp, draws, offset)
-        checks.append(dict(top_p=top_p, tau=tau, clamp=clamp, dropped=draws - len(sample.token),
+        checks.append(dict(top_p=top_p, tau=tau, clamp=clamp,
                            freq_z=frequency_z(sample, top_p, clamp)))
         score = {e.name: scores(sample, e) for e in ESTIMATORS if e.clamp == clamp}
         for reward in REWARDS:
@@ -359,8 +353,6 @@ def report(rows: list[dict], checks: list[dict], draws: int, command: str) -> st
          f"{fd_error:.1e} (|gradient| = {fd_norm:.2f})."),
         ("- token frequencies of every rollout against P(token = j) (max |z|, binomial errors): "
          f"{frequencies}."),
-        ("- rollout rows left out for +inf noise (softgrpo.philox.uniform returns 1.0 for the top "
-         f"24-bit value, probability 2**-24 a slot): {sum(c['dropped'] for c in checks)}."),
     ]
     return "\n".join([
         "# Soft-row likelihoods as gradient estimators (spec 9)", "",

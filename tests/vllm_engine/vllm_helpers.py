@@ -44,7 +44,7 @@ def replay_errors(model: torch.nn.Module, rollout: Rollout) -> dict[str, float]:
     ids, perturbed = rollout.topk_ids[live], rollout.perturbed[live]
     thinking, forced = rollout.thinking_mask[live], rollout.forced_mask[live]
     s = thinking
-    soft_err = (perturbed[s] - soft.perturbed[s]).abs()
+    soft_err = (perturbed[s] - soft.perturbed[s]).abs().nan_to_num(nan=0.0)  # -inf == -inf
     d = ~thinking & ~forced
     as_after = (ids[d, 0] == disc.token[d]) & ((perturbed[d, 0] - disc.perturbed[d, 0]).abs()
                                                 < 1e-3)

@@ -1,6 +1,8 @@
-"""Run metrics: one JSON line per record in ``<output_dir>/metrics.jsonl``, TensorBoard scalars
-when the tensorboard package is installed, the one-line console summary of a step, and a PNG
-plot of reward and thinking length against step (``softgrpo plot <output_dir>``)."""
+"""Run metrics: one JSON line per record in ``<output_dir>/metrics.jsonl`` (deterministic: the
+same run on the same machine writes the same file), wall-clock times in ``timing.jsonl``,
+TensorBoard scalars when the tensorboard package is installed, the one-line console summary
+of a step, and a PNG plot of reward and thinking length against step
+(``softgrpo plot <output_dir>``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from softgrpo.rollout import Rollout
 
 METRICS_FILE = "metrics.jsonl"
+TIMING_FILE = "timing.jsonl"
 PLOT_FILE = "training.png"
 
 # (record key, console label, format) of the one-line step summary
@@ -38,27 +41,34 @@ def thinking_lengths(rollout: Rollout, think_end: list[int]) -> torch.Tensor:
     return first.float().cpu()
 
 
-def read(output_dir: str | Path) -> list[dict]:
-    """Every record of a run's metrics.jsonl (empty when there is none)."""
-    path = Path(output_dir) / METRICS_FILE
+def read(output_dir: str | Path, name: str = METRICS_FILE) -> list[dict]:
+    """Every record of a run's metrics.jsonl (or timing.jsonl; empty when there is none)."""
+    path = Path(output_dir) / name
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _reopen(output_dir: Path, name: str, start_step: int):
+    """``name`` for appending, holding only the records up to ``start_step``."""
+    path = output_dir / name
+    kept = [r for r in read(output_dir, name) if r.get("step", 0) <= start_step] if start_step \
+        else []
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+    return path.open("a")
+
+
 class RunLog:
-    """Appends records to metrics.jsonl (and TensorBoard). On resume from ``start_step`` the
-    records of later steps (written by the interrupted run after its checkpoint) are dropped,
-    so the file reads as one uninterrupted run."""
+    """Appends records to metrics.jsonl and wall-clock times to timing.jsonl (and both to
+    TensorBoard). On resume from ``start_step`` the records of later steps (written by the
+    interrupted run after its checkpoint) are dropped, so the files read as one run."""
 
     def __init__(self, output_dir: str | Path, start_step: int = 0, tensorboard: bool = True):
         self.output_dir = Path(output_dir)
-        self.path = self.output_dir / METRICS_FILE
-        kept = [r for r in read(output_dir) if r.get("step", 0) <= start_step] if start_step else []
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
-        self.file = self.path.open("a")
+        self.file = _reopen(self.output_dir, METRICS_FILE, start_step)
+        self.timing = _reopen(self.output_dir, TIMING_FILE, start_step)
         self.writer = None
         if tensorboard:
             try:
@@ -71,8 +81,15 @@ class RunLog:
 
     def log(self, step: int, record: dict, kind: str = "train") -> None:
         """Append {"step", "kind", **record}; numbers also go to TensorBoard as kind/key."""
-        self.file.write(json.dumps({"step": step, "kind": kind, **record}) + "\n")
-        self.file.flush()
+        self._write(self.file, step, record, kind)
+
+    def time(self, step: int, **seconds: float) -> None:
+        """Append {"step", "kind": "time", **seconds} to timing.jsonl."""
+        self._write(self.timing, step, seconds, "time")
+
+    def _write(self, file, step: int, record: dict, kind: str) -> None:
+        file.write(json.dumps({"step": step, "kind": kind, **record}) + "\n")
+        file.flush()
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -80,6 +97,7 @@ class RunLog:
 
     def close(self) -> None:
         self.file.close()
+        self.timing.close()
         if self.writer is not None:
             self.writer.close()
 

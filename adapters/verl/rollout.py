@@ -29,6 +29,8 @@ from softgrpo.adapters.vllm.engine import SUPPORTED, engine_options
 from softgrpo.adapters.vllm.processor import KEY
 from softgrpo.adapters.vllm.worker import SoftThinkingWorkerExtension
 
+from .registration import ROLLOUT_NAME
+
 RECORDS = "softgrpo_records"
 WORKER_EXTENSION = f"{__name__}.SoftThinkingColocateWorkerExtension"
 
@@ -98,9 +100,13 @@ class SoftGRPOvLLMHttpServer(vLLMHttpServer):
 
 
 class SoftGRPOvLLMReplica(vLLMReplica):
-    """verl's vLLM replica serving through SoftGRPOvLLMHttpServer (Ray actors named as verl's,
-    so verl's hybrid ServerAdapter finds them for weight sync)."""
+    """verl's vLLM replica serving through SoftGRPOvLLMHttpServer; its Ray actors are named
+    "softgrpo_vllm_server_<replica>_<node>", where verl's hybrid ServerAdapter looks them up
+    (by rollout.name) for weight sync."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.server_class = ray.remote(SoftGRPOvLLMHttpServer)
+
+    def _get_server_name_prefix(self) -> str:
+        return f"{ROLLOUT_NAME}_"

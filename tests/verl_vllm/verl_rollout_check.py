@@ -55,7 +55,7 @@ async def rollout(config):
 
     from softgrpo.adapters.verl.rollout import SoftGRPOvLLMHttpServer
 
-    server = ray.remote(SoftGRPOvLLMHttpServer).options(name="vllm_server_0_0").remote(
+    server = ray.remote(SoftGRPOvLLMHttpServer).options(name="softgrpo_vllm_server_0_0").remote(
         config=config.actor_rollout_ref.rollout, model_config=config.actor_rollout_ref.model,
         rollout_mode=RolloutMode.STANDALONE, workers=[], replica_rank=0, node_rank=0,
         gpus_per_node=1, nnodes=1, cuda_visible_devices="")

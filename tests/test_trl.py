@@ -122,7 +122,9 @@ def test_trl_loss_type_on_soft_log_probs(model_path, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, error", [
-    ({"use_vllm": True}, NotImplementedError),
+    ({"use_vllm": True, "vllm_mode": "server"}, NotImplementedError),
+    ({"use_vllm": True, "vllm_tensor_parallel_size": 2}, NotImplementedError),
+    ({"use_vllm": True, "vllm_importance_sampling_correction": True}, NotImplementedError),
     ({"entropy_coef": 0.01}, ValueError),
     ({"top_entropy_quantile": 0.5}, ValueError),
     ({"kl_kind": "k9"}, ValueError),

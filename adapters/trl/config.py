@@ -46,6 +46,13 @@ class SoftGRPOConfig(GRPOConfig):
             (the paper's), `"exact"` or `"token"`; the latter two need
             `soft_noise_clamp=None`.
         conditional_weight (`float`, defaults to `0.0`): `"token"` only, in [0, 1].
+        use_vllm (`bool`, defaults to `False`): generate with softgrpo.adapters.vllm instead of
+            the Hugging Face adapter: `vllm_mode="colocate"` only (one in-process engine per
+            training process, tensor parallel size 1, vLLM 0.32 with the V1 runner).
+        vllm_dtype (`str`, defaults to `"auto"`): dtype of the colocated engine (`"auto"`: the
+            checkpoint's, as TRL).
+        vllm_importance_sampling_correction (`bool`, defaults to `False`): must stay off (the
+            rollout-side soft log-prob is not handed to TRL).
     """
 
     top_k: int = field(default=5, metadata={"help": "Soft-token width K (top-k of thinking)."})
@@ -69,14 +76,14 @@ class SoftGRPOConfig(GRPOConfig):
         "help": "Soft-row score: 'release', 'exact' or 'token' (spec 9)."})
     conditional_weight: float = field(default=0.0, metadata={
         "help": "'token' only: weight of log q(y | token), in [0, 1]."})
+    vllm_dtype: str = field(default="auto", metadata={"help": "Colocated vLLM engine dtype."})
+    vllm_importance_sampling_correction: bool = field(
+        default=False, metadata={"help": "Not supported with soft rollouts: keep False."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.use_vllm:
-            raise NotImplementedError(
-                "use_vllm=True is not supported yet: TRL's vLLM generation samples discrete tokens "
-                "and cannot return the per-position top-k ids and perturbed values SofT-GRPO "
-                "trains on. Soft rollouts run on the Hugging Face adapter (use_vllm=False).")
+            self._check_vllm()
         unsupported = {
             "use_transformers_continuous_batching": self.use_transformers_continuous_batching,
             "generation_kwargs": bool(self.generation_kwargs),
@@ -95,6 +102,29 @@ class SoftGRPOConfig(GRPOConfig):
         self.soft_thinking_config()  # validates the rollout settings now
         _checks.likelihood_setting(self.likelihood, self.conditional_weight,
                                    self.soft_noise_clamp, "soft_noise_clamp")
+
+    def _check_vllm(self) -> None:
+        """The vLLM options soft rollouts support (softgrpo.adapters.vllm.SUPPORTED)."""
+        if self.vllm_mode != "colocate":
+            raise NotImplementedError(
+                f"vllm_mode={self.vllm_mode!r} is not supported: TRL's vllm-serve returns token "
+                "ids and log-probs only, not the per-position top-k ids and perturbed values "
+                "SofT-GRPO trains on, and its weight sync needs NCCL. Use vllm_mode='colocate'.")
+        unsupported = {
+            "vllm_tensor_parallel_size != 1 (softgrpo.adapters.vllm runs one worker)":
+                self.vllm_tensor_parallel_size != 1,
+            "vllm_enable_sleep_mode": self.vllm_enable_sleep_mode,
+            "vllm_model_impl='transformers' (soft inputs need vLLM's own model classes)":
+                self.vllm_model_impl == "transformers",
+            "vllm_structured_outputs_regex (it would change the logits soft thinking samples)":
+                self.vllm_structured_outputs_regex is not None,
+            "vllm_importance_sampling_correction (the rollout side reports the 'release' soft "
+            "log-prob only, not the training likelihood)": self.vllm_importance_sampling_correction,
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise NotImplementedError(f"{name} is not supported with use_vllm=True by "
+                                          "SoftGRPOTrainer")
 
     def soft_thinking_config(self) -> SoftThinkingConfig:
         """The rollout settings as a softgrpo SoftThinkingConfig (validated there)."""

@@ -4,8 +4,11 @@ TRL's GRPOTrainer, in the style of TRL's experimental trainers (e.g. GMPOTrainer
 What changes w.r.t. GRPOTrainer (everything else: datasets, reward functions with TRL's
 signature, reward aggregation and advantages, the reference model, gradient accumulation,
 accelerate/DeepSpeed wrapping, metric logging, is inherited):
-- rollouts: ``_generate_single_turn`` runs softgrpo.adapters.hf.generate on the policy and
-  keeps the Rollout; TRL pads its completions as usual.
+- rollouts: ``_generate_single_turn`` runs softgrpo.adapters.hf.generate on the policy, or
+  with ``use_vllm=True`` softgrpo.adapters.vllm.generate on a colocated engine
+  (SoftVLLMGeneration, weights synced by TRL before each generation), and keeps the Rollout;
+  TRL pads its completions as usual. Noise-key sequence ids are global (unique across
+  processes and rounds), so both paths give the same rollouts for the same seeds.
 - records: ``_generate_and_score_completions`` adds the per-position records (top-k ids,
   perturbed values, thinking / forced masks) to TRL's batch as ``soft_*`` tensors, aligned with
   ``completion_ids``; TRL's shuffling and splitting carry them to every micro-batch. Tokens
@@ -14,7 +17,9 @@ accelerate/DeepSpeed wrapping, metric logging, is inherited):
   and reference log-probs) calls the model with the records; the model's forward, patched like
   TRL's fused LM head, runs softgrpo.adapters.hf.policy_logprobs (soft_logprob_from_hidden: no
   full logits at soft rows). Entropies are not computed (NaN: TRL logs ``entropy`` as None).
-- loss: loss_type "softgrpo" is softgrpo.softgrpo_loss; TRL's loss types run TRL's
+- loss: loss_type "softgrpo" is softgrpo.softgrpo_loss, its token mean taken over the global
+  batch (the active tokens of every process, as TRL's "dapo"), so that data-parallel training
+  computes the single-process loss and gradient; TRL's loss types run TRL's
   ``_compute_loss`` on the soft log-probs unchanged.
 - importance sampling: no rollout log-probs are handed to TRL (see SoftGRPOTrainer).
 """
@@ -48,8 +53,9 @@ ROW_FIELDS = ("finished", "sequence_ids")
 PREFIX = "soft_"
 
 IS_REASON = ("TRL's importance-sampling correction against rollout log-probs is off: soft "
-             "rollouts run in the training process on the current weights (old log-probs are the "
-             "sampling log-probs), and the rollout side reports the 'release' soft log-prob only "
+             "rollouts run on the current weights (in the training process, or on the colocated "
+             "vLLM engine synced before each generation; old log-probs are the sampling "
+             "log-probs), and the rollout side reports the 'release' soft log-prob only "
              "(spec 2.9), not the likelihood training may use (spec 9), so it is not handed to "
              "TRL as sampling_per_token_logps.")
 
@@ -91,8 +97,10 @@ class SoftGRPOTrainer(GRPOTrainer):
 
     Use it as GRPOTrainer, with a [`SoftGRPOConfig`]. Reward functions keep TRL's signature.
 
-    Not supported (raises): TRL's vLLM or continuous-batching generation, tools and
-    environments, custom ``rollout_func``, multimodal prompts, MoE router aux loss, and
+    Generation: the Hugging Face adapter, or with ``use_vllm=True`` (colocate mode) a vLLM
+    engine per process through softgrpo.adapters.vllm. Not supported (raises): TRL's vLLM
+    server mode, continuous-batching generation, tools and environments, custom
+    ``rollout_func``, multimodal prompts, MoE router aux loss, and
     anything that needs the full-vocabulary entropy (entropy bonus, top-entropy masking).
     TRL's importance-sampling correction against rollout log-probs is disabled (logged):
     rollouts run in-process on the current weights, and the rollout side reports only the
@@ -111,7 +119,30 @@ class SoftGRPOTrainer(GRPOTrainer):
             if kwargs.get(name):
                 raise NotImplementedError(f"SoftGRPOTrainer does not support {name} yet: its "
                                           "rollouts come from softgrpo's soft-thinking sampler")
-        super().__init__(model, reward_funcs, args=args, **kwargs)
+        # The soft forward detaches its input embeddings (spec 4): an untied embedding table gets
+        # no gradient, so DDP must look for unused parameters (as TRL does for VLMs; reentrant
+        # checkpointing fails with it, so it stays off there).
+        if args.ddp_find_unused_parameters is None and \
+                not (args.gradient_checkpointing_kwargs or {}).get("use_reentrant"):
+            args.ddp_find_unused_parameters = True
+        use_vllm, args.use_vllm = args.use_vllm, False  # TRL must not build its own engine
+        try:
+            super().__init__(model, reward_funcs, args=args, **kwargs)
+        finally:
+            args.use_vllm = use_vllm
+        self.use_vllm = use_vllm
+        if use_vllm:
+            from .vllm import SoftVLLMGeneration  # needs vLLM, an optional dependency
+
+            self.vllm_generation = SoftVLLMGeneration(
+                model=self.model, accelerator=self.accelerator,
+                processing_class=self.processing_class, mode="colocate",
+                gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                max_model_length=args.vllm_max_model_length,
+                max_num_seqs=args.per_device_train_batch_size * args.steps_per_generation,
+                model_impl=args.vllm_model_impl, trust_remote_code=args.trust_remote_code,
+                dtype=args.vllm_dtype)
+            self._last_loaded_step = -1
         if self.aux_loss_enabled:
             raise NotImplementedError("SoftGRPOTrainer does not support the MoE router aux loss")
         self.soft_config = args.soft_thinking_config()
@@ -139,18 +170,26 @@ class SoftGRPOTrainer(GRPOTrainer):
         prompts = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
         input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
         mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left")
-        with (
-            unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator,
-                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-            ) as unwrapped_model,
-            torch.no_grad(),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
-        ):
-            rollout = generate(unwrapped_model, self._tokenizer, config=self.soft_config,
-                               input_ids=input_ids, attention_mask=mask,
-                               sequence_ids=self._sequence_ids(len(prompts)))
+        sequence_ids = self._sequence_ids(len(prompts))
+        if self.use_vllm:
+            if self.state.global_step != self._last_loaded_step:  # as TRL's vLLM path
+                self.vllm_generation.sync_weights()
+                self._last_loaded_step = self.state.global_step
+            rollout = self.vllm_generation.rollout(input_ids, mask, self.soft_config,
+                                                   sequence_ids).to(self.accelerator.device)
+        else:
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped, self.accelerator,
+                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                ) as unwrapped_model,
+                torch.no_grad(),
+                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            ):
+                rollout = generate(unwrapped_model, self._tokenizer, config=self.soft_config,
+                                   input_ids=input_ids, attention_mask=mask,
+                                   sequence_ids=sequence_ids)
         self._soft_records = {PREFIX + n: getattr(rollout, n) for n in POSITION_FIELDS + ROW_FIELDS}
         completions = [row[keep].tolist() for row, keep in
                        zip(rollout.response_ids.cpu(), rollout.response_mask.cpu())]
@@ -242,5 +281,10 @@ class SoftGRPOTrainer(GRPOTrainer):
             self._metrics[mode][f"softgrpo/{name}"].append(value)
         if "kl_loss" in metrics:
             self._metrics[mode]["kl"].append(values[list(metrics).index("kl_loss")])
-        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        return loss / normalizer
+        # softgrpo_loss is the token mean of this micro-batch; make it the global batch's (TRL's
+        # "dapo" normaliser), so data-parallel ranks together compute the single-process loss
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":  # num_items_in_batch spans the generation batch
+            normalizer = (normalizer * self.current_gradient_accumulation_steps
+                          / self.args.steps_per_generation)
+        return loss * mask.sum().clamp(min=1) / normalizer

@@ -23,7 +23,7 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from softgrpo.rollout import Rollout
+from softgrpo.rollout import Rollout, SoftThinkingConfig
 
 TOPK_IDS = "softgrpo_topk_ids"
 PERTURBED = "softgrpo_perturbed"
@@ -31,6 +31,19 @@ TAU = "softgrpo_tau"
 TEMPERATURE = "softgrpo_temperature"
 NOISE_CLAMP = "softgrpo_noise_clamp"
 KEYS = (TOPK_IDS, PERTURBED, TAU, TEMPERATURE, NOISE_CLAMP)
+
+
+def record_fields(topk_ids, perturbed, config: SoftThinkingConfig) -> dict:
+    """The extra_fields entries of one sample from its (R, k) records (tensors, arrays or
+    lists) and the rollout's settings: int64 / float32 arrays (-inf values kept) and the
+    tau, temperature and noise clamp the actor needs."""
+    ids = np.asarray(topk_ids, dtype=np.int64)
+    values = np.asarray(perturbed, dtype=np.float32)
+    if ids.ndim != 2 or values.shape != ids.shape:
+        raise ValueError(f"records must be (R, k) ids and perturbed values of one shape, got "
+                         f"{ids.shape} and {values.shape}")
+    return {TOPK_IDS: ids, PERTURBED: values, TAU: float(config.tau),
+            TEMPERATURE: float(config.temperature), NOISE_CLAMP: config.noise_clamp}
 
 
 def agent_loop_fields(rollout: Rollout, row: int) -> dict:
@@ -44,13 +57,8 @@ def agent_loop_fields(rollout: Rollout, row: int) -> dict:
         None}, R = the row's response length.
     """
     length = int(rollout.response_mask[row].sum())
-    return {
-        TOPK_IDS: rollout.topk_ids[row, :length].cpu().numpy(),
-        PERTURBED: rollout.perturbed[row, :length].float().cpu().numpy(),
-        TAU: float(rollout.config.tau),
-        TEMPERATURE: float(rollout.config.temperature),
-        NOISE_CLAMP: rollout.config.noise_clamp,
-    }
+    return record_fields(rollout.topk_ids[row, :length].cpu(),
+                         rollout.perturbed[row, :length].float().cpu(), rollout.config)
 
 
 def agent_loop_output(rollout: Rollout, row: int, **kwargs):

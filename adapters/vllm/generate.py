@@ -13,7 +13,7 @@ from softgrpo.rollout import Rollout, SoftThinkingConfig
 from ..hf.generate import DEFAULT_CONFIG, RolloutRecords
 from ..hf.inputs import PromptBatch, prepare_prompts
 from .engine import attach
-from .processor import request_payload
+from .processor import sampling_options
 
 
 def eos_token_ids(llm: vllm.LLM, tokenizer) -> list[int]:
@@ -35,11 +35,8 @@ def _requests(batch: PromptBatch, config: SoftThinkingConfig
     for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask.bool())):
         tag = f"{run}-{row}"
         prompts.append(TokensPrompt(prompt_token_ids=ids[mask].tolist()))
-        params.append(vllm.SamplingParams(
-            temperature=0.0, max_tokens=config.max_new_tokens, ignore_eos=True,
-            stop_token_ids=batch.eos_ids, detokenize=False,
-            extra_args=request_payload(config, int(batch.sequence_ids[row]), batch.think_end,
-                                       tag)))
+        params.append(vllm.SamplingParams(**sampling_options(
+            config, int(batch.sequence_ids[row]), batch.think_end, batch.eos_ids, tag)))
         tags.append(tag)
     return prompts, params, tags
 

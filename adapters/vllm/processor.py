@@ -34,6 +34,17 @@ def request_payload(config: SoftThinkingConfig, sequence_id: int, think_end: lis
                   "think_end": [int(i) for i in think_end], "tag": str(tag)}}
 
 
+def sampling_options(config: SoftThinkingConfig, sequence_id: int, think_end: list[int],
+                     eos_ids: list[int], tag: str) -> dict:
+    """The ``vllm.SamplingParams`` keyword arguments of one soft-thinking request: greedy (the
+    processor leaves one finite logit, the step's text token), EOS handling ours (ignore_eos,
+    stop on ``eos_ids``), max_tokens = config.max_new_tokens, the payload in extra_args. Plain
+    values, so the dict can also travel to a server that builds the SamplingParams."""
+    return dict(temperature=0.0, max_tokens=config.max_new_tokens, ignore_eos=True,
+                stop_token_ids=[int(i) for i in eos_ids], detokenize=False,
+                extra_args=request_payload(config, sequence_id, think_end, tag))
+
+
 def _parse(params: SamplingParams) -> tuple[SoftThinkingConfig, int, tuple[int, ...], str] | None:
     """The request's (config, sequence id, think-end ids, tag), None for an ordinary request;
     ValueError naming the bad option otherwise."""

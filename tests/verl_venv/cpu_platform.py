@@ -3,6 +3,8 @@
 verl 0.9.1 registers only accelerator platforms (nvidia, huawei, amd) and falls back to CUDA
 when none is present; its documented extension point is PlatformRegistry.register plus the
 VERL_PLATFORM variable. Torch's CPU device stands in for the accelerator (gloo collectives).
+In a Ray cluster, Ray's logical "GPU" resource stands for one CPU slot (start Ray with
+num_gpus=N on a CPU machine): verl's resource pools ask for that resource by name.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
+import verl.workers.engine_workers as _engine_workers
 from verl.plugin.platform.platform_base import PlatformBase
 from verl.plugin.platform.platform_manager import PlatformRegistry
 
@@ -82,7 +85,7 @@ class PlatformCPU(PlatformBase):
         pass
 
     def ray_resource_name(self) -> str:
-        return "CPU"
+        return "GPU"  # a logical Ray resource here (see the module docstring)
 
     def ray_noset_envvars(self) -> list[str]:
         return []
@@ -92,3 +95,17 @@ class PlatformCPU(PlatformBase):
 
     def cudart(self):
         return None
+
+
+def _gloo_backend(initialize):
+    """verl's workers start their process group with the backend "cpu:gloo,<device>:<backend>",
+    which for the device cpu names cpu twice (torch rejects it): on CPU it is gloo alone."""
+
+    def initialize_on_cpu(timeout_second=None, backend=None):
+        return initialize(timeout_second=timeout_second, backend=backend or "cpu:gloo")
+
+    return initialize_on_cpu
+
+
+_engine_workers.initialize_global_process_group_ray = _gloo_backend(
+    _engine_workers.initialize_global_process_group_ray)

@@ -46,6 +46,7 @@ import softgrpo.adapters.verl as sv
 from softgrpo import soft_logprob
 from softgrpo.adapters.hf import generate
 from softgrpo.adapters.hf.embeddings import InputEmbedder
+from softgrpo.adapters.verl.agent_loop import soft_config
 from softgrpo.rollout import SoftThinkingConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -308,5 +309,33 @@ def test_recipe_config_composes_with_verl_defaults():
     assert (cfg.data.train_batch_size, actor.rollout_n, actor.ppo_mini_batch_size) == (64, 8, 32)
     assert (actor.optim.lr, actor.optim.weight_decay, actor.kl_loss_coef) == (1e-6, 0.01, 0.001)
     assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (1024, 8192)
-    assert cfg.actor_rollout_ref.rollout.temperature == cfg.softgrpo.temperature == 1.0
-    assert (cfg.softgrpo.k, cfg.softgrpo.tau, cfg.softgrpo.top_p) == (5, 0.1, 0.95)
+    rollout = cfg.actor_rollout_ref.rollout
+    assert (rollout.name, rollout.agent.default_agent_loop) == (sv.ROLLOUT_NAME, sv.AGENT_LOOP)
+    assert (rollout.temperature, rollout.top_k, rollout.top_p) == (1.0, 5, 0.95)
+    # the agent loop's settings: verl's sampling parameters plus the softgrpo section
+    config = soft_config(cfg.softgrpo, {"top_k": rollout.top_k, "top_p": rollout.top_p,
+                                        "temperature": rollout.temperature},
+                         rollout.response_length)
+    assert (config.k, config.tau, config.top_p, config.max_new_tokens) == (5, 0.1, 0.95, 8192)
+    assert config.noise_clamp == (-1.5, 3.0) and config.noise_scale == 1.0
+
+
+def test_agent_loop_settings_are_checked():
+    with pytest.raises(ValueError, match="rollout.top_k"):
+        soft_config({}, {"top_k": -1, "top_p": 1.0, "temperature": 1.0}, 16)
+    with pytest.raises(ValueError, match="come from verl"):
+        soft_config({"k": 5}, {"top_k": 5, "top_p": 1.0, "temperature": 1.0}, 16)
+    with pytest.raises(ValueError, match="softgrpo section"):
+        soft_config({"taus": 0.1}, {"top_k": 5, "top_p": 1.0, "temperature": 1.0}, 16)
+
+
+def test_rollout_name_is_registered_with_verl():
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    assert sv.ROLLOUT_NAME in RolloutReplicaRegistry._registry
+    # the training workers sync weights through verl's own vLLM adapter
+    assert _ROLLOUT_REGISTRY[(sv.ROLLOUT_NAME, "async")] == _ROLLOUT_REGISTRY[("vllm", "async")]
+
+    assert _agent_loop_registry[sv.AGENT_LOOP]["_target_"].endswith("SoftThinkingAgentLoop")

@@ -21,8 +21,11 @@ from .engine import MODEL_TYPE, SoftGRPOFSDPEngine
 from .forward import add_soft_forward, soft_forward
 from .loss import LOSS_MODE, softgrpo_policy_loss
 from .records import (
+    CONDITIONAL_WEIGHT,
     KEYS,
+    LIKELIHOOD,
     NOISE_CLAMP,
+    NOISE_SCALE,
     PERTURBED,
     TAU,
     TEMPERATURE,
@@ -38,10 +41,13 @@ register_rollout()
 
 __all__ = [
     "AGENT_LOOP",
+    "CONDITIONAL_WEIGHT",
     "KEYS",
+    "LIKELIHOOD",
     "LOSS_MODE",
     "MODEL_TYPE",
     "NOISE_CLAMP",
+    "NOISE_SCALE",
     "PERTURBED",
     "ROLLOUT_NAME",
     "SEQUENCE_ID",

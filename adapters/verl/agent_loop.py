@@ -6,7 +6,7 @@ Settings: the soft-token width K, top-p and temperature are verl's own sampling 
 the request (rollout.top_k / top_p / temperature, or rollout.val_kwargs when validating); the
 soft-thinking ones come from the trainer config's top-level ``softgrpo`` section (tau,
 noise_scale, noise_clamp, after_top_k, after_top_p, think_end, max_thinking_tokens, seed,
-mode); the response budget is rollout.response_length. Each sample draws a fresh noise-key
+mode), and so do the actor's likelihood and conditional_weight (records.py); the response budget is rollout.response_length. Each sample draws a fresh noise-key
 sequence id, stored in extra_fields[SEQUENCE_ID] so that a rollout can be replayed exactly.
 """
 
@@ -36,6 +36,8 @@ SEQUENCE_ID = "softgrpo_sequence_id"
 SECTION = "softgrpo"
 # fields of SoftThinkingConfig that verl's own settings provide
 FROM_VERL = ("k", "top_p", "temperature", "max_new_tokens")
+# settings of the section that choose the actor's soft-row score (carried with the records)
+SCORE = ("likelihood", "conditional_weight")
 
 
 def soft_config(section: dict | None, sampling_params: dict[str, Any],
@@ -46,7 +48,7 @@ def soft_config(section: dict | None, sampling_params: dict[str, Any],
     Raises:
         ValueError: the section sets one of the fields verl provides, names an unknown
             setting, or verl's top_k is disabled (-1 or 0: soft thinking needs K >= 1)."""
-    section = dict(section or {})
+    section = {key: value for key, value in dict(section or {}).items() if key not in SCORE}
     taken = sorted(set(section) & set(FROM_VERL))
     if taken:
         raise ValueError(f"{SECTION}.{taken} come from verl's rollout config (rollout.top_k, "
@@ -117,7 +119,10 @@ class SoftThinkingAgentLoop(AgentLoopBase):
         metrics["num_preempted"] = output.num_preempted if output.num_preempted is not None \
             else -1
         length = min(len(records["token"]), response_length)
-        fields = record_fields(records["ids"][:length], records["perturbed"][:length], config)
+        score = {key: value for key, value in (self.config.get(SECTION) or {}).items()
+                 if key in SCORE}
+        fields = record_fields(records["ids"][:length], records["perturbed"][:length], config,
+                               **score)
         return AgentLoopOutput(
             prompt_ids=prompt_ids, response_ids=records["token"][:length],
             # tokens forced by max_thinking_tokens stay in the context but out of the loss

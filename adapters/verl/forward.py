@@ -67,7 +67,9 @@ def soft_forward(model: torch.nn.Module, records: PackedRecords, scale: torch.Te
         bias = module.bias
         values = soft_logprob_from_hidden(
             hidden, module.weight.to(hidden.dtype), *labels, temperature=records.temperature,
-            clamp=records.clamp, bias=None if bias is None else bias.to(hidden.dtype))
+            clamp=records.clamp, likelihood=records.likelihood,
+            conditional_weight=records.conditional_weight, noise_scale=records.noise_scale,
+            bias=None if bias is None else bias.to(hidden.dtype))
         # FSDP2 hooks the output for the backward; a view of it could lose that hook
         return values if values._base is None else values.clone()
 

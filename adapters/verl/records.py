@@ -10,19 +10,29 @@ sample). A sample with a response of R tokens carries
     softgrpo_tau          float        the rollout's Gumbel-softmax temperature
     softgrpo_temperature  float        the rollout's sampling temperature
     softgrpo_noise_clamp  (lo, hi)|None the rollout's noise bounds (the recovered noise's too)
+    softgrpo_noise_scale  float        the rollout's noise scale c
+    softgrpo_likelihood   str          the soft-row score the actor computes (spec 9)
+    softgrpo_conditional_weight float  its weight of log q(y | token) ("token" only)
 
 (discrete rows in the convention [s, 0, ..., 0] / [l_s, 0, ..., 0]). The actor engine packs
 them next to verl's packed input ids: prompt tokens become discrete rows of themselves.
+
+The likelihood travels with the records rather than in verl's policy-loss config: the actor
+engine computes the log-probs (old, reference and current) before, and without, the loss
+function, and verl's PolicyLossConfig is a closed dataclass. It is set in the trainer
+config's ``softgrpo`` section (agent_loop.py) or by agent_loop_output's arguments.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
 import torch
 
+from softgrpo import _checks
 from softgrpo.rollout import Rollout, SoftThinkingConfig
 
 TOPK_IDS = "softgrpo_topk_ids"
@@ -30,51 +40,66 @@ PERTURBED = "softgrpo_perturbed"
 TAU = "softgrpo_tau"
 TEMPERATURE = "softgrpo_temperature"
 NOISE_CLAMP = "softgrpo_noise_clamp"
-KEYS = (TOPK_IDS, PERTURBED, TAU, TEMPERATURE, NOISE_CLAMP)
+NOISE_SCALE = "softgrpo_noise_scale"
+LIKELIHOOD = "softgrpo_likelihood"
+CONDITIONAL_WEIGHT = "softgrpo_conditional_weight"
+KEYS = (TOPK_IDS, PERTURBED, TAU, TEMPERATURE, NOISE_CLAMP, NOISE_SCALE, LIKELIHOOD,
+        CONDITIONAL_WEIGHT)
 
 
-def record_fields(topk_ids, perturbed, config: SoftThinkingConfig) -> dict:
+def record_fields(topk_ids, perturbed, config: SoftThinkingConfig, likelihood: str = "release",
+                  conditional_weight: float = 0.0) -> dict:
     """The extra_fields entries of one sample from its (R, k) records (tensors, arrays or
-    lists) and the rollout's settings: int64 / float32 arrays (-inf values kept) and the
-    tau, temperature and noise clamp the actor needs."""
+    lists), the rollout's settings and the likelihood the actor scores them with: int64 /
+    float32 arrays (-inf values kept), tau, temperature, noise clamp and scale, likelihood.
+
+    Raises ValueError for records of mismatched shapes or a likelihood the rollout cannot
+    serve ("exact" and "token" need noise_clamp None)."""
     ids = np.asarray(topk_ids, dtype=np.int64)
     values = np.asarray(perturbed, dtype=np.float32)
     if ids.ndim != 2 or values.shape != ids.shape:
         raise ValueError(f"records must be (R, k) ids and perturbed values of one shape, got "
                          f"{ids.shape} and {values.shape}")
+    weight = _checks.likelihood_setting(likelihood, conditional_weight, config.noise_clamp)
     return {TOPK_IDS: ids, PERTURBED: values, TAU: float(config.tau),
-            TEMPERATURE: float(config.temperature), NOISE_CLAMP: config.noise_clamp}
+            TEMPERATURE: float(config.temperature), NOISE_CLAMP: config.noise_clamp,
+            NOISE_SCALE: float(config.noise_scale), LIKELIHOOD: likelihood,
+            CONDITIONAL_WEIGHT: weight}
 
 
-def agent_loop_fields(rollout: Rollout, row: int) -> dict:
+def agent_loop_fields(rollout: Rollout, row: int, likelihood: str = "release",
+                      conditional_weight: float = 0.0) -> dict:
     """The extra_fields entries of one rollout row (its response positions only).
 
     Args:
         rollout: a softgrpo Rollout (any backend). row: the row index.
+        likelihood, conditional_weight: the soft-row score the actor computes (spec 9).
     Returns:
-        {softgrpo_topk_ids: (R, k) int64 array, softgrpo_perturbed: (R, k) float32 array,
-        softgrpo_tau: float, softgrpo_temperature: float, softgrpo_noise_clamp: (lo, hi) or
-        None}, R = the row's response length.
+        record_fields' entries, R = the row's response length.
     """
     length = int(rollout.response_mask[row].sum())
     return record_fields(rollout.topk_ids[row, :length].cpu(),
-                         rollout.perturbed[row, :length].float().cpu(), rollout.config)
+                         rollout.perturbed[row, :length].float().cpu(), rollout.config,
+                         likelihood, conditional_weight)
 
 
-def agent_loop_output(rollout: Rollout, row: int, **kwargs):
+def agent_loop_output(rollout: Rollout, row: int, likelihood: str = "release",
+                      conditional_weight: float = 0.0, **kwargs):
     """A verl AgentLoopOutput for one rollout row, records in extra_fields.
 
     prompt_ids: the row's prompt without padding; response_ids: its response tokens;
     response_mask: 1 for sampled tokens, 0 for tokens forced by max_thinking_tokens (verl then
     keeps them in the context but out of the loss). response_logprobs is left unset: the
-    rollout-side log-prob (spec 2.9) is not the training-side function, so verl's rollout
-    correction must not compare the two. kwargs go to AgentLoopOutput (e.g. reward_score,
+    rollout-side log-prob (spec 2.9) is the "release" score only, so verl's rollout
+    correction must not compare it with the actor's. likelihood, conditional_weight: the
+    soft-row score the actor computes. kwargs go to AgentLoopOutput (e.g. reward_score,
     num_turns); metrics defaults to an empty AgentLoopMetrics.
     """
     from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 
     length = int(rollout.response_mask[row].sum())
-    fields = {**kwargs.pop("extra_fields", {}), **agent_loop_fields(rollout, row)}
+    fields = {**kwargs.pop("extra_fields", {}),
+              **agent_loop_fields(rollout, row, likelihood, conditional_weight)}
     return AgentLoopOutput(
         prompt_ids=rollout.prompt_ids[row][rollout.prompt_mask[row].bool()].tolist(),
         response_ids=rollout.response_ids[row, :length].tolist(),
@@ -91,8 +116,8 @@ class PackedRecords:
 
     ids, perturbed (N, k): every token's record (prompt tokens as discrete rows).
     scored (N,) bool: positions whose next token is a response token of the same sequence
-    (their hidden state is scored against the next record). tau, temperature, clamp: the
-    rollout's settings.
+    (their hidden state is scored against the next record). tau, temperature, clamp,
+    noise_scale: the rollout's settings; likelihood, conditional_weight: the soft-row score.
     A frozen dataclass is a pytree leaf, so FSDP2 does not cast it to the compute dtype.
     """
 
@@ -102,25 +127,30 @@ class PackedRecords:
     tau: float
     temperature: float
     clamp: tuple[float, float] | None
+    noise_scale: float
+    likelihood: str
+    conditional_weight: float
 
     def padded(self, pad: int) -> PackedRecords:
         """Append ``pad`` unscored discrete rows of token 0 (verl's static packed padding)."""
         if not pad:
             return self
-        return PackedRecords(torch.nn.functional.pad(self.ids, (0, 0, 0, pad)),
-                             torch.nn.functional.pad(self.perturbed, (0, 0, 0, pad)),
-                             torch.nn.functional.pad(self.scored, (0, pad)),
-                             self.tau, self.temperature, self.clamp)
+        pad_rows = torch.nn.functional.pad
+        return dataclasses.replace(self, ids=pad_rows(self.ids, (0, 0, 0, pad)),
+                                   perturbed=pad_rows(self.perturbed, (0, 0, 0, pad)),
+                                   scored=pad_rows(self.scored, (0, pad)))
 
 
 def _uniform(name: str, values: list):
-    """The one value all samples share (numbers, or (lo, hi) pairs / None for the clamp)."""
-    distinct = {None if v is None else tuple(float(x) for x in np.ravel(v)) for v in values}
+    """The one value all samples share (numbers, a likelihood name, or (lo, hi) pairs / None
+    for the clamp)."""
+    distinct = {v if v is None or isinstance(v, str) else tuple(float(x) for x in np.ravel(v))
+                for v in values}
     if len(distinct) != 1:
         raise ValueError(f"{name} must be the same for every sample of a batch, got "
                          f"{sorted(distinct, key=str)}")
     value = distinct.pop()
-    return value if value is None or len(value) != 1 else value[0]
+    return value if value is None or isinstance(value, str) or len(value) != 1 else value[0]
 
 
 def _sample_records(name: str, value: object, rows: int, dtype: torch.dtype) -> torch.Tensor:
@@ -177,4 +207,5 @@ def pack(micro_batch, response_lengths: torch.Tensor) -> PackedRecords:
     return PackedRecords(torch.cat(ids_list).to(device), torch.cat(perturbed_list).to(device),
                          scored.to(device), _uniform(TAU, micro_batch[TAU]),
                          _uniform(TEMPERATURE, micro_batch[TEMPERATURE]),
-                         _uniform(NOISE_CLAMP, micro_batch[NOISE_CLAMP]))
+                         *(_uniform(key, micro_batch[key]) for key in
+                           (NOISE_CLAMP, NOISE_SCALE, LIKELIHOOD, CONDITIONAL_WEIGHT)))

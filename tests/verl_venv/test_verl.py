@@ -10,6 +10,7 @@ ppo_loss. Not exercised (needs GPUs / Ray): RayPPOTrainer, agent-loop workers, v
 rollout servers, multi-rank FSDP.
 """
 
+import math
 import os
 import socket
 import subprocess
@@ -44,7 +45,7 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 
 import softgrpo.adapters.verl as sv
 from softgrpo import soft_logprob
-from softgrpo.adapters.hf import generate
+from softgrpo.adapters.hf import generate, policy_logprobs
 from softgrpo.adapters.hf.embeddings import InputEmbedder
 from softgrpo.adapters.verl.agent_loop import soft_config
 from softgrpo.rollout import SoftThinkingConfig
@@ -249,6 +250,24 @@ def test_actor_log_probs_match_full_logits(process_group, tiny):
     torch.testing.assert_close(plain, token_lp[:, :width], rtol=1e-5, atol=1e-5)
     soft = rollout.thinking_mask[:, :width]
     assert (plain[soft] - actor[soft]).abs().min() > 1e-3
+
+
+@pytest.mark.parametrize("likelihood, weight", [("exact", 0.0), ("token", 0.3)])
+def test_actor_scores_with_the_records_likelihood(process_group, tiny, likelihood, weight):
+    """An unclamped rollout with cut slots, records carrying likelihood and weight: the actor
+    gives the HF adapter's policy_logprobs under that likelihood."""
+    model, tokenizer, path, _ = tiny
+    rollout = generate(model, tokenizer, PROMPTS, CONFIG.replace(noise_clamp=None, top_p=0.5))
+    assert (rollout.perturbed == -math.inf).any()
+    outputs = [sv.agent_loop_output(rollout, row, likelihood=likelihood,
+                                    conditional_weight=weight) for row in range(len(PROMPTS))]
+    actor = _actor_log_probs(_worker(path), _batch(outputs))
+    with torch.no_grad():
+        want = policy_logprobs(model, rollout, likelihood=likelihood, conditional_weight=weight)
+    torch.testing.assert_close(actor, want[:, :actor.shape[1]], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="set noise_clamp to None"):
+        sv.agent_loop_output(generate(model, tokenizer, PROMPTS[:1], CONFIG), 0,
+                             likelihood=likelihood)
 
 
 def test_actor_rejects_misaligned_records_and_temperature(process_group, tiny):

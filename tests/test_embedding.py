@@ -76,6 +76,22 @@ def test_pathwise_gradient_is_zero_for_discrete_rows_only():
     assert torch.all(y.grad[[0, 2, 3]].abs().sum(-1) > 0)
 
 
+def test_cut_slots_weigh_nothing_and_get_no_gradient():
+    """Slots cut by top-p hold perturbed -inf (spec 2): weight 0, the embedding of the kept
+    slots alone, a zero (not NaN) pathwise gradient there."""
+    ids, y = records()
+    y[0, 2:], y[3, 1:] = -float("inf"), -float("inf")
+    y.requires_grad_()
+    table = torch.randn(23, 6, dtype=torch.float64)
+    out = softgrpo.soft_token_embedding(table, ids, y, 0.5)
+    kept = torch.softmax(y[0, :2].detach().double() / 0.5, -1)
+    torch.testing.assert_close(out[0], (kept[:, None] * table[ids[0, :2]]).sum(0))
+    torch.testing.assert_close(out[3], table[ids[3, 0]])
+    out.square().sum().backward()
+    assert torch.isfinite(y.grad).all() and (y.grad[y.detach() == -float("inf")] == 0).all()
+    assert (y.grad[3] == 0).all() and (y.grad[0, :2] != 0).all()
+
+
 def test_non_contiguous_inputs():
     ids, y = records(k=4)
     table = torch.randn(6, 23).t()  # (23, 6), not contiguous

@@ -1,6 +1,7 @@
 """Triton soft-embedding launchers (softgrpo.kernels.embedding) against the reference, in the
 Triton interpreter on CPU tensors."""
 
+import math
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
@@ -174,3 +175,20 @@ def test_empty_batch():
                                                             weights)
     assert grad_weights.shape == (0, 3) and grad_table.shape == (7, 5)
     assert (grad_table == 0).all()
+
+
+def test_soft_token_embedding_with_cut_slots():
+    """Perturbed -inf at slots cut by top-p: weight 0 in the forward, zero gradients there."""
+    gen = torch.Generator().manual_seed(12)
+    table = torch.randn(31, 19, generator=gen)
+    ids = records((9,), 5, 31, gen, n_discrete=1)
+    perturbed = torch.randn(9, 5, generator=gen).sort(-1, descending=True).values
+    perturbed[2, 3:], perturbed[5, 1:] = -math.inf, -math.inf
+    close(kern.soft_token_embedding(table, ids, perturbed, TAU),
+          ref.soft_token_embedding(table, ids, perturbed, TAU))
+    grad = torch.randn(9, 19, generator=gen)
+    got = kern.soft_token_embedding_backward(grad, table, ids, perturbed, TAU)
+    want = ref.soft_token_embedding_backward(grad, table, ids, perturbed, TAU)
+    close(got[0], want[0])
+    close(got[1], want[1])
+    assert torch.isfinite(got[1]).all() and (got[1][perturbed == -math.inf] == 0).all()

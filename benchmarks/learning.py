@@ -32,7 +32,7 @@ from benchmarks.run import machine, versions
 # name -> the settings that define it (each states its rollout noise clamp explicitly, so the
 # table does not depend on the shipped default's choice)
 CONFIGS = {
-    "grpo": dict(algorithm="grpo"),
+    "grpo": dict(algorithm="grpo", likelihood="release", noise_clamp=[-1.5, 3.0]),
     "release": dict(algorithm="softgrpo", likelihood="release", noise_clamp=[-1.5, 3.0]),
     "exact": dict(algorithm="softgrpo", likelihood="exact", noise_clamp=None),
     "token": dict(algorithm="softgrpo", likelihood="token", noise_clamp=None),
@@ -134,22 +134,31 @@ def curves(runs: Path, name: str, seeds: list[int]) -> dict[int, list[float]]:
 def table(results: dict[tuple[str, int], dict], names: list[str], seeds: list[int]) -> str:
     first = results[(names[0], seeds[0])]["first_eval"]
     k = max(int(key.removeprefix("pass@")) for key in first if key.startswith("pass@"))
+    paired = "grpo" in names  # each seed's final Pass@1 / Pass@k minus GRPO's, same seed
     lines = [(f"| configuration | held-out Pass@1 before | after | gain | seeds improved | "
-              f"Pass@{k} before | after | thinking tokens before | after | wall time s |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"Pass@{k} before | after | thinking tokens before | after | wall time s |"
+              + (f" Pass@1 after - grpo (paired) | Pass@{k} after - grpo |" if paired else "")),
+             "|---|" + "---:|" * (11 if paired else 9)]
+
+    def final(name: str, key: str) -> list[float]:
+        return [results[(name, s)]["final_eval"][key] for s in seeds]
+
     for name in names:
         rs = [results[(name, s)] for s in seeds]
         before = [r["first_eval"]["pass@1"] for r in rs]
-        after = [r["final_eval"]["pass@1"] for r in rs]
+        after = final(name, "pass@1")
         gain = [a - b for a, b in zip(after, before)]
-        lines.append(" | ".join([
-            f"| {name}", _fmt(before), _fmt(after), _fmt(gain),
-            f"{sum(g > 0 for g in gain)}/{len(gain)}",
-            _fmt([r["first_eval"][f"pass@{k}"] for r in rs]),
-            _fmt([r["final_eval"][f"pass@{k}"] for r in rs]),
-            _fmt([r["first_eval"]["thinking_length"] for r in rs], 2),
-            _fmt([r["final_eval"]["thinking_length"] for r in rs], 2),
-            _fmt([r["wall_time_s"] for r in rs], 0)]) + " |")
+        cells = [f"| {name}", _fmt(before), _fmt(after), _fmt(gain),
+                 f"{sum(g > 0 for g in gain)}/{len(gain)}",
+                 _fmt([r["first_eval"][f"pass@{k}"] for r in rs]),
+                 _fmt(final(name, f"pass@{k}")),
+                 _fmt([r["first_eval"]["thinking_length"] for r in rs], 2),
+                 _fmt([r["final_eval"]["thinking_length"] for r in rs], 2),
+                 _fmt([r["wall_time_s"] for r in rs], 0)]
+        if paired:
+            cells += [_fmt([a - b for a, b in zip(final(name, key), final("grpo", key))])
+                      if name != "grpo" else "" for key in ("pass@1", f"pass@{k}")]
+        lines.append(" | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -193,7 +202,7 @@ def report(results: dict[tuple[str, int], dict], names: list[str], seeds: list[i
          f"configuration's settings: {defs}. Held-out Pass@1 / Pass@k: the task's held-out "
          "problems, each algorithm decoding as it trains; values are the mean ± standard error "
          "over seeds; wall time is the whole run (warm start, evaluations, training) with "
-         "other runs beside it."), "",
+         "other runs and other work on the machine beside it: compare it loosely."), "",
         table(results, names, seeds), "",
         f"![held-out Pass@1 against step]({png.name})", "",
         ("Same machine, same seed, same settings: the same metrics.jsonl, bit for bit (tested). "

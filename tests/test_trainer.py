@@ -74,13 +74,19 @@ def soft_run(tmp_path_factory):
     return out, summary
 
 
-@pytest.mark.parametrize("algorithm", ["softgrpo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["softgrpo", "softgrpo-release", "grpo"])
 def test_both_algorithms_train(algorithm, soft_run, tmp_path):
+    """The built-in default (SofT-GRPO, "token" likelihood), the paper's "release" likelihood
+    on clamped noise, and GRPO."""
     if algorithm == "softgrpo":
         out, summary = soft_run
+    elif algorithm == "softgrpo-release":
+        out = tmp_path
+        summary = train(_cfg(out, likelihood="release", noise_clamp=[-1.5, 3.0]))
     else:
         out = tmp_path
         summary = train(_cfg(out, algorithm="grpo", kl_coef=0.0))
+    algorithm = algorithm.removesuffix("-release")
     records = _train_records(out)
     assert [r["step"] for r in records] == [1, 2]
     for r in records:

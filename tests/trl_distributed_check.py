@@ -34,11 +34,17 @@ def main(checkpoint: str, output_dir: str, per_device: str, result: str) -> None
             self.same.append(bool((every == every[0]).all()))
 
     # plain SGD: Adam divides by sqrt(v), so a gradient at rounding level would move a weight
-    # by a full learning rate and the one- and two-process weights could not be compared
+    # by a full learning rate and the one- and two-process weights could not be compared.
+    # The "token" likelihood on unclamped noise: with the release's clamp, a slot whose noise
+    # was clamped at the rollout sits exactly on the clamp's edge when scored on-policy, and
+    # whether it gets a gradient is decided by rounding (one and two processes reduce the
+    # gradient in another order), so the runs would differ for a legitimate reason.
     args = SoftGRPOConfig(
         output_dir=output_dir, per_device_train_batch_size=int(per_device), num_generations=4,
         max_completion_length=6, max_thinking_tokens=3, top_k=3, soft_tau=0.5, max_steps=3,
-        learning_rate=0.5, optim="sgd", beta=0.01, logging_steps=1, report_to="none", save_strategy="no",
+        likelihood="token", soft_noise_clamp=None,
+        learning_rate=0.5, optim="sgd", beta=0.01, logging_steps=1, report_to="none",
+        save_strategy="no",
         use_cpu=True, bf16=False, seed=5, dataloader_num_workers=0)
     same = SameWeights()
     trainer = SoftGRPOTrainer(model=checkpoint, reward_funcs=digit_reward, args=args,

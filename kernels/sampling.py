@@ -30,9 +30,9 @@ Design:
   contraction off (FP_FUSION), since a fused l + c * g or cumsum step rounds differently from
   the CPU and can reorder slots or move the nucleus cut. exp is ex2.approx on NVIDIA:
   perturbed/weights/logprob agree to ~1e-6.
-- Launch options are set at every launch (num_warps, enable_fp_fusion): benchmarks/
-  compile_check.py compiles each kernel through this launcher for sm_80 and sm_90 and fails on
-  a spill or on an option left to Triton's default.
+- Every launch sets num_warps, enable_fp_fusion and maxnreg (_launch_options):
+  benchmarks/compile_check.py compiles each kernel through this launcher for sm_80 and sm_90
+  and fails on a spill or on an option left to Triton's default.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import triton.language as tl
 from softgrpo.kernels.embedding import block_k, rows_2d
 
 MAX_KMAX = 128  # _finish's KMAX x KMAX tile stays in registers (16 warps: no spill, 3.6 and 3.9)
-FUSED_KMAX = 32  # above, the finish step's tiles would cost the scan occupancy: always split
+FUSED_KMAX = 32  # above, the finish step's tile would cost the scan occupancy: always split
 BLOCK_BYTES = 8192  # bytes of a row streamed per loop step and program (4096 bf16 / 2048 fp32)
 NUM_WARPS_SCAN = 8  # with BLOCK_BYTES: 16-byte loads
 # scan programs resident per SM: 3 x 256 threads x 80 registers <= 64K when the rows are
@@ -56,15 +56,6 @@ PROGRAMS_PER_SM = 3
 MIN_BLOCKS_PER_CHUNK = 2  # a chunk streams at least this many blocks (amortises its merge)
 MERGE_CHUNKS = 16  # chunks whose keys stage 2 merges per step
 FP_FUSION = False  # no FMA contraction: the top-k and slot order must match the CPU bit for bit
-
-
-def _launch_options(num_warps: int, programs_per_sm: int) -> dict:
-    """num_warps, FMA contraction off, and a register budget per thread (maxnreg) that keeps
-    programs_per_sm programs resident in a 64K register file (at most 255). The budget is set
-    explicitly because ptxas' own choice spilled a few bytes at 40-80 registers on some of
-    these kernels (benchmarks/compile_check.py: sm_80 and sm_90, triton 3.6 and 3.9)."""
-    budget = 65536 // (programs_per_sm * num_warps * 32) // 8 * 8
-    return dict(num_warps=num_warps, enable_fp_fusion=FP_FUSION, maxnreg=min(255, budget))
 
 _SENT = tl.constexpr(-(2**63))  # key below every real key: an empty top-k slot or lane
 
@@ -298,6 +289,15 @@ def _merge_kernel(keys_ptr, max_ptr, sum_ptr, n_chunks, seed_ptr, offset_ptr, th
             perturbed_ptr, weights_ptr, logprob_ptr, lse_ptr, k, discrete_k, top_p,
             discrete_top_p, tau, noise_scale, clamp_lo, clamp_hi, mask_threshold, eps, KMAX,
             NOISE)
+
+
+def _launch_options(num_warps: int, programs_per_sm: int) -> dict:
+    """num_warps, FMA contraction off, and a register budget per thread (maxnreg) that keeps
+    programs_per_sm programs resident in a 64K register file (at most 255). The budget is set
+    explicitly because ptxas' own choice spilled a few bytes at 40-80 registers on some of
+    these kernels (benchmarks/compile_check.py: sm_80 and sm_90, triton 3.6 and 3.9)."""
+    budget = 65536 // (programs_per_sm * num_warps * 32) // 8 * 8
+    return dict(num_warps=num_warps, enable_fp_fusion=FP_FUSION, maxnreg=min(255, budget))
 
 
 @functools.cache

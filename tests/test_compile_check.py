@@ -52,12 +52,12 @@ def test_report_summarises_each_version_and_tables_each_kernel():
     row = dict(kernel="_k", module="m", target="sm_90", cases=["case a"], verdict="ok",
                registers=40, stack=0, spill_stores=0, spill_loads=0, shared=64,
                programs_per_sm=12)
-    runs = [dict(triton=v, machine="x86_64, 2 CPUs", wall_s=1.0,
+    runs = [dict(triton=v, machine="x86_64, 2 CPUs, load 1.0", wall_s=1.0,
                  rows=[dict(row, features={"KMAX": "8", "num_warps": "4"}),
                        dict(row, features={"KMAX": "128", "num_warps": "4"}, registers=96)])
             for v in ("3.6.0", "3.9.0")]
     text = cc.report(runs)
-    assert "| 3.6.0 | x86_64, 2 CPUs | 1 | 2 | 0 | 96 (_k, sm_90) | none |" in text
+    assert "| 3.6.0 | x86_64, 2 CPUs, load 1.0 | 1 | 2 | 0 | 96 (_k, sm_90) | none |" in text
     assert "## _k (m)" in text and "Every variant: num_warps=4" in text
     assert text.count("| KMAX=128 |") == 2  # one row per Triton version
 

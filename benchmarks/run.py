@@ -3,6 +3,7 @@
     python -m benchmarks.run                      # CPU shapes, table to stdout
     python -m benchmarks.run --device cuda --out benchmarks/results/H100.md
     python -m benchmarks.run --only logprob       # modules whose name contains "logprob"
+    python -m benchmarks.run --threads 1          # one CPU thread (steadier on a busy machine)
 
 Each row: median wall time over repetitions and peak memory beyond the inputs, for ours and
 for eager in the same process, and their ratios (eager / ours: > 1 means ours is better).
@@ -105,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", help="run the modules whose name contains this")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = [c for module in discover(args.only) for c in module.cases(args.device)]
     load = os.getloadavg()[0]
     rows = [measure(c, args.device, args.reps)

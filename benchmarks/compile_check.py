@@ -107,8 +107,8 @@ def _sampling_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
 
     settings = [(dtype, 5, 5, 1.0) for dtype in FLOATS]
     settings += [(torch.bfloat16, 5, 5, 0.7), (torch.bfloat16, 5, 5, 0.0),  # T != 1, greedy
-                 (torch.bfloat16, 5, sampling.MAX_KMAX, 1.0),  # the largest KMAX
                  (torch.float32, sampling.MAX_KMAX, 5, 0.6)]
+    settings += [(torch.bfloat16, 5, kmax, 1.0) for kmax in (16, 32, 64, sampling.MAX_KMAX)]
     for rows in (1, 64, 16384):
         for vocab in VOCABS:
             for dtype, k, discrete_k, temperature in settings:

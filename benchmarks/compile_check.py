@@ -78,12 +78,12 @@ TARGETS = (Target("sm_80", 80, "A100", 108, 163 * 1024, 164 * 1024),
 
 # ---- the cases: each runs one launcher on meta tensors ----------------------------------------
 def meta(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A tensor with shape, dtype and strides but no data (device "meta")."""
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def _short(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-            torch.int32: "int32", torch.int64: "int64"}[dtype]
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 FLOATS = (torch.bfloat16, torch.float16, torch.float32)
@@ -342,9 +342,9 @@ def _compile(job: tuple) -> dict[str, Any]:
     return dict(result, shared=kernel.metadata.shared)
 
 
-def _worker_init() -> None:
+def _worker_init(cache_dir: str) -> None:
     os.environ.pop("TRITON_INTERPRET", None)
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="compile-check-")
+    os.environ["TRITON_CACHE_DIR"] = cache_dir  # Triton's artifacts: thrown away afterwards
 
 
 def programs_per_sm(target: Target, num_warps: int, registers: int, shared: int) -> int:
@@ -391,12 +391,14 @@ def run_check(only: str | None, jobs: int, fresh: bool, log: Callable[[str], Non
     todo = [c for c in compiles.values() if c.key not in cache]
     log(f"{len(compiles)} distinct compiles, {len(compiles) - len(todo)} known, "
         f"compiling {len(todo)} with {jobs} processes")
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
-        jobs_ = [(c.module, c.kernel, c.target.capability, c.signature, c.constexprs, c.attrs,
-                  c.options) for c in todo]
-        for c, result in zip(todo, pool.map(_compile, jobs_)):
-            cache[c.key] = result
+    if todo:
+        with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
+                jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                initargs=(tmp,)) as pool:
+            work = [(c.module, c.kernel, c.target.capability, c.signature, c.constexprs,
+                     c.attrs, c.options) for c in todo]
+            for c, result in zip(todo, pool.map(_compile, work)):
+                cache[c.key] = result
     for c in compiles.values():
         c.result = cache[c.key]
     cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -405,6 +407,7 @@ def run_check(only: str | None, jobs: int, fresh: bool, log: Callable[[str], Non
 
 
 def row(c: Compile) -> dict[str, Any]:
+    """One compile as a JSON-able report row."""
     r = c.result
     ok = "error" not in r
     return dict(kernel=c.kernel, module=c.module, target=c.target.name, features=c.features,

@@ -49,7 +49,8 @@ def eager(d: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     ids = d["ids"]
     log_p = torch.log_softmax((d["hidden"] @ d["weight"].T).float(), dim=-1)
     zk = log_p.gather(-1, ids)
-    soft = soft_rows(zk, d["perturbed"], -1.5, 3.0, -3.0, 1e-6, "mean")  # softmax(log p_k)
+    soft = soft_rows(zk, d["perturbed"], -1.5, 3.0, -3.0, 1e-6, "mean", "release", 0.0,
+                     1.0)  # softmax(log p_k)
     return _grads(torch.where(is_discrete(ids), zk[:, 0], soft), d)
 
 

@@ -4,8 +4,9 @@ Gumbel noise from the global RNG, clamp, Gumbel-softmax weights, a sort of the s
 weight, and the rollout log-prob.
 
 GPU B=256 V=151936 bf16 logits; CPU B=64 V=151936 fp32 (on CPU "ours" is the pure-torch
-reference, the CPU kernel). Ours reads the logits once, so its floor is one read of them:
-``bytes_read`` gives that count (also in the shape text) for an achieved-bandwidth column."""
+reference, the CPU kernel); and B=1 on both, where fixed costs dominate (per-step decoding of
+one sequence). Ours reads the logits once, so its floor is one read of them: ``bytes_read``
+gives that count (also in the shape text) for an achieved-bandwidth column."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ TOP_P = 0.95
 TAU = 0.1
 NOISE_SCALE = 1.0
 CLAMP = (-1.5, 3.0)
-SHAPES = {"cuda": (256, 151936, torch.bfloat16), "cpu": (64, 151936, torch.float32)}
+SHAPES = {"cuda": ((256, 1), 151936, torch.bfloat16), "cpu": ((64, 1), 151936, torch.float32)}
 
 
 def _setup(rows: int, vocab: int, dtype: torch.dtype, device: str) -> dict[str, Any]:
@@ -62,9 +63,12 @@ def eager(d: dict[str, Any]) -> tuple[torch.Tensor, ...]:
 
 
 def cases(device: str) -> list[Case]:
-    rows, vocab, dtype = SHAPES["cuda" if device == "cuda" else "cpu"]
-    floor_mb = rows * vocab * dtype.itemsize / 1e6
-    shape = (f"B={rows} K={K} V={vocab} {str(dtype).removeprefix('torch.')}, all soft, "
-             f"one read {floor_mb:.1f} MB")
-    return [Case(op="soft_sample", shape=shape, setup=lambda: _setup(rows, vocab, dtype, device),
-                 ours=ours, eager=eager)]
+    batches, vocab, dtype = SHAPES["cuda" if device == "cuda" else "cpu"]
+    out = []
+    for rows in batches:
+        floor_mb = rows * vocab * dtype.itemsize / 1e6
+        shape = (f"B={rows} K={K} V={vocab} {str(dtype).removeprefix('torch.')}, all soft, "
+                 f"one read {floor_mb:.1f} MB")
+        out.append(Case(op="soft_sample", shape=shape, ours=ours, eager=eager,
+                        setup=lambda rows=rows: _setup(rows, vocab, dtype, device)))
+    return out

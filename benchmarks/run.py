@@ -3,6 +3,7 @@
     python -m benchmarks.run                      # CPU shapes, table to stdout
     python -m benchmarks.run --device cuda --out benchmarks/results/H100.md
     python -m benchmarks.run --only logprob       # modules whose name contains "logprob"
+    python -m benchmarks.run --threads 1          # one CPU thread (steadier on a busy machine)
 
 Each row: median wall time over repetitions and peak memory beyond the inputs, for ours and
 for eager in the same process, and their ratios (eager / ours: > 1 means ours is better).
@@ -14,8 +15,10 @@ import argparse
 import functools
 import gc
 import importlib
+import os
 import pkgutil
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,14 +41,23 @@ def machine(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def versions() -> str:
+def versions(device: str) -> str:
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
-    return f"torch {torch.__version__}, triton {triton_version}, Python {platform.python_version()}"
+    text = f"torch {torch.__version__}, triton {triton_version}, Python {platform.python_version()}"
+    if device == "cuda":
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        try:
+            driver = subprocess.run(query, capture_output=True, text=True,
+                                    check=True).stdout.split()[0]
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            driver = "unknown"
+        text += f", CUDA {torch.version.cuda} (torch build), driver {driver}"
+    return text
 
 
 def measure(case: Case, device: str, reps: int) -> dict:
@@ -68,9 +80,11 @@ def memory_ratio(eager_mib: float, ours_mib: float) -> str:
     return f"{eager_mib / ours_mib:.1f}x"
 
 
-def table(rows: list[dict], device: str) -> str:
+def table(rows: list[dict], device: str, load: tuple[float, float]) -> str:
     lines = [
-        f"Device: {machine(device)}; {versions()}.",
+        f"Device: {machine(device)}; {versions(device)}.",
+        (f"Load average (1 min) of this machine: {load[0]:.1f} at the start, {load[1]:.1f} at "
+         f"the end, on {os.cpu_count()} CPUs."),
         "On CPU, ours is the pure-torch reference (the Triton kernels run on CUDA). "
         "Times are medians; memory is the peak allocated beyond the inputs "
         + ("(torch.cuda.max_memory_allocated)." if device == "cuda"
@@ -92,12 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", help="run the modules whose name contains this")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = [c for module in discover(args.only) for c in module.cases(args.device)]
+    load = os.getloadavg()[0]
     rows = [measure(c, args.device, args.reps)
             for c in tqdm(cases, desc="benchmarks", file=sys.stderr)]
-    text = table(rows, args.device)
+    text = table(rows, args.device, (load, os.getloadavg()[0]))
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

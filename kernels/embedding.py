@@ -28,6 +28,10 @@ from softgrpo.reference.common import compute_dtype
 BLOCK_H = 512  # H tile: divides 1536 / 3584 / 4096 hidden sizes, 4 warps of 4-element vectors
 BLOCK_P = 4  # (row, slot) pairs reduced per step of a table-gradient segment
 NUM_WARPS = 4
+# FMA contraction on, set at every launch (Triton 3.9 warns that its default changes in 3.10):
+# these sums are compared with the reference to a tolerance, and a fused multiply-add rounds
+# once where a multiply and an add round twice.
+FP_FUSION = True
 
 
 def rows_2d(x: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -181,7 +185,8 @@ def gumbel_softmax_weights(perturbed: torch.Tensor, tau: float,
     ids2 = p if ids is None else ids.reshape(-1, k).contiguous()  # p: unused placeholder
     if p.shape[0]:
         _weights_kernel[(p.shape[0],)](p, ids2, w, tau, k, BLOCK_K=block_k(k),
-                                       HAS_IDS=ids is not None, num_warps=1)
+                                       HAS_IDS=ids is not None, num_warps=1,
+                                       enable_fp_fusion=FP_FUSION)
     return w.reshape(perturbed.shape)
 
 
@@ -196,7 +201,8 @@ def gumbel_softmax_weights_backward(grad: torch.Tensor, weights: torch.Tensor, t
     ids2 = w if ids is None else ids.reshape(-1, k).contiguous()  # w: unused placeholder
     if w.shape[0]:
         _weights_bwd_kernel[(w.shape[0],)](g, w, ids2, out, tau, k, BLOCK_K=block_k(k),
-                                           HAS_IDS=ids is not None, num_warps=1)
+                                           HAS_IDS=ids is not None, num_warps=1,
+                                           enable_fp_fusion=FP_FUSION)
     return out.reshape(weights.shape)
 
 
@@ -210,7 +216,8 @@ def _embed(table: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, tau: floa
     if ids2.shape[0]:
         _embed_kernel[(ids2.shape[0], triton.cdiv(h, bh))](
             t, t.stride(0), ids2, vals.reshape(-1, k).contiguous(), out, h, tau, k,
-            BLOCK_K=block_k(k), BLOCK_H=bh, FUSED=fused, num_warps=NUM_WARPS)
+            BLOCK_K=block_k(k), BLOCK_H=bh, FUSED=fused, num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION)
     return out.reshape(*ids.shape[:-1], h)
 
 
@@ -229,7 +236,7 @@ def _embed_backward(grad: torch.Tensor, table: torch.Tensor, ids: torch.Tensor,
     if n:
         _embed_rows_bwd_kernel[(n,)](g, g.stride(0), t, t.stride(0), ids2, vals2, grad_vals, w,
                                      h, tau, k, BLOCK_K=block_k(k), BLOCK_H=bh, FUSED=fused,
-                                     num_warps=NUM_WARPS)
+                                     num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
     v = table.shape[0]
     # sort pairs by id; zero-weight pairs (discrete rows' padding slots, all on id 0) get the
     # key v, past every segment, so they cost nothing (their contribution is exactly 0)
@@ -240,7 +247,8 @@ def _embed_backward(grad: torch.Tensor, table: torch.Tensor, ids: torch.Tensor,
     grad_table = torch.empty((v, h), dtype=table.dtype, device=table.device)
     _embed_table_bwd_kernel[(v, triton.cdiv(h, bh))](g, g.stride(0), order, starts, w,
                                                      grad_table, h, k, BLOCK_P=BLOCK_P,
-                                                     BLOCK_H=bh, num_warps=NUM_WARPS)
+                                                     BLOCK_H=bh, num_warps=NUM_WARPS,
+                                                     enable_fp_fusion=FP_FUSION)
     return grad_table, grad_vals.reshape(ids.shape)
 
 

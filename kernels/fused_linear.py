@@ -4,8 +4,10 @@ Soft rows: a gather-GEMV kernel, one program per row, reads the K head rows at t
 forms the K logits in fp32 and the soft log-prob in one pass (a discrete row stores its label
 logit instead). Its backward recomputes them, adds grad_hidden = sum_j c_j W[ids_j] and
 stores the K coefficients c. The rows of grad_weight (and grad_bias) are then summed per id
-after a stable sort of the ids: one program per distinct id reduces its entries in sorted
-order, so the result is deterministic without float atomics.
+after a stable sort of the ids: one program per (distinct id, block of H) reduces its entries
+in sorted order, so the result is deterministic without float atomics. The segments of equal
+ids are found on the device; sizing that grid costs one host sync (nonzero), as the discrete
+rows' nonzero in the same backward does.
 
 Discrete rows: the reference's block loops with cuBLAS GEMMs in the input dtype, and a Triton
 kernel per logits block that folds the block into the running log-sum-exp (forward) or turns
@@ -19,7 +21,7 @@ import triton
 import triton.language as tl
 
 from softgrpo.kernels.embedding import discrete_row
-from softgrpo.kernels.logprob import LIKELIHOOD_CODES, soft_row, soft_row_grad
+from softgrpo.kernels.logprob import FP_FUSION, LIKELIHOOD_CODES, soft_row, soft_row_grad
 from softgrpo.reference.common import compute_dtype, is_discrete
 from softgrpo.reference.fused_linear import (
     cast_grads,
@@ -29,6 +31,7 @@ from softgrpo.reference.fused_linear import (
 )
 
 Tensor = torch.Tensor
+NUM_WARPS = 4
 
 
 def _acc(dtype: torch.dtype):
@@ -106,36 +109,35 @@ def _soft_bwd_kernel(go_ptr, h_ptr, w_ptr, b_ptr, ids_ptr, y_ptr, gh_ptr, coef_p
 
 
 @triton.jit
-def _scatter_rows_kernel(keys_ptr, order_ptr, end_ptr, coef_ptr, h_ptr, gw_ptr, gb_ptr, K, H, V,
+def _scatter_rows_kernel(keys_ptr, order_ptr, bounds_ptr, coef_ptr, h_ptr, gw_ptr, gb_ptr, K, H,
                          stride_h, stride_gw, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr,
                          BLOCK_H: tl.constexpr, ACC: tl.constexpr):
-    """grad_w[id] += sum of c * h over the sorted entries of id; program (p, h-block) works
-    only where a segment of equal ids starts at p (ids = V mark entries without a gradient)."""
-    p = tl.program_id(0).to(tl.int64)
+    """grad_w[id] += sum of c * h over the sorted entries of one id: program (s, h-block)
+    reduces segment s, the sorted entries bounds[s]:bounds[s + 1]."""
+    seg = tl.program_id(0)
     hb = tl.program_id(1)
-    key = tl.load(keys_ptr + p)
-    prev = tl.load(keys_ptr + p - 1, mask=p > 0, other=-1)
-    if (key != prev) & (key < V):
-        end = tl.load(end_ptr + p)
-        offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
-        h_mask = offs_h < H
-        acc = tl.zeros([BLOCK_H], dtype=ACC)
-        total = tl.zeros([BLOCK_P], dtype=ACC)
-        for q0 in range(p, end, BLOCK_P):
-            q = q0 + tl.arange(0, BLOCK_P)
-            q_mask = q < end
-            src = tl.load(order_ptr + q, mask=q_mask, other=0)  # flat index row * K + slot
-            c = tl.load(coef_ptr + src, mask=q_mask, other=0.0).to(ACC)
-            x = tl.load(h_ptr + (src // K)[:, None] * stride_h + offs_h[None, :],
-                        mask=q_mask[:, None] & h_mask[None, :], other=0.0).to(ACC)
-            acc += tl.sum(c[:, None] * x, axis=0)
-            total += c
-        gw = gw_ptr + key * stride_gw + offs_h
-        old = tl.load(gw, mask=h_mask, other=0.0).to(ACC)
-        tl.store(gw, (old + acc).to(gw_ptr.dtype.element_ty), mask=h_mask)
-        if HAS_BIAS:  # noqa: SIM102 (a constexpr, then a runtime condition: kept apart for Triton)
-            if hb == 0:
-                tl.store(gb_ptr + key, tl.load(gb_ptr + key) + tl.sum(total, axis=0))
+    start = tl.load(bounds_ptr + seg)
+    end = tl.load(bounds_ptr + seg + 1)
+    key = tl.load(keys_ptr + start)
+    offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_mask = offs_h < H
+    acc = tl.zeros([BLOCK_H], dtype=ACC)
+    total = tl.zeros([BLOCK_P], dtype=ACC)
+    for q0 in range(start, end, BLOCK_P):
+        q = q0 + tl.arange(0, BLOCK_P)
+        q_mask = q < end
+        src = tl.load(order_ptr + q, mask=q_mask, other=0)  # flat index row * K + slot
+        c = tl.load(coef_ptr + src, mask=q_mask, other=0.0).to(ACC)
+        x = tl.load(h_ptr + (src // K)[:, None] * stride_h + offs_h[None, :],
+                    mask=q_mask[:, None] & h_mask[None, :], other=0.0).to(ACC)
+        acc += tl.sum(c[:, None] * x, axis=0)
+        total += c
+    gw = gw_ptr + key * stride_gw + offs_h
+    old = tl.load(gw, mask=h_mask, other=0.0).to(ACC)
+    tl.store(gw, (old + acc).to(gw_ptr.dtype.element_ty), mask=h_mask)
+    if HAS_BIAS:  # noqa: SIM102 (a constexpr, then a runtime condition: kept apart for Triton)
+        if hb == 0:
+            tl.store(gb_ptr + key, tl.load(gb_ptr + key) + tl.sum(total, axis=0))
 
 
 @triton.jit
@@ -197,7 +199,8 @@ def _block_lse(z: Tensor, b: Tensor | None, lse: Tensor, temperature: float) -> 
     if z.shape[0]:
         _block_lse_kernel[(z.shape[0],)](z, z.stride(0), z if b is None else b, lse, z.shape[1],
                                          temperature, HAS_BIAS=b is not None,
-                                         BLOCK_V=_block_v(z.shape[1]), ACC=_acc(lse.dtype))
+                                         BLOCK_V=_block_v(z.shape[1]), ACC=_acc(lse.dtype),
+                                         num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
 
 
 def _block_grad(z: Tensor, b: Tensor | None, lse: Tensor, go: Tensor,
@@ -207,7 +210,8 @@ def _block_grad(z: Tensor, b: Tensor | None, lse: Tensor, go: Tensor,
     if z.shape[0]:
         _block_grad_kernel[(z.shape[0], triton.cdiv(z.shape[1], block_v))](
             z, z.stride(0), z if b is None else b, lse, go, z.shape[1], temperature,
-            HAS_BIAS=b is not None, BLOCK_V=block_v, ACC=_acc(lse.dtype))
+            HAS_BIAS=b is not None, BLOCK_V=block_v, ACC=_acc(lse.dtype), num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION)
     return z
 
 
@@ -216,14 +220,15 @@ def _row_blocks(k: int, hidden_size: int) -> tuple[int, int]:
     return block_k, min(triton.next_power_of_2(hidden_size), max(16, 2048 // block_k))
 
 
-def _segments(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Stable sort of keys; for every position the end of its run of equal keys (no sync)."""
+def _segments(keys: Tensor, limit: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Stable sort of keys, and the runs of equal keys below limit: run s is
+    order[bounds[s]:bounds[s + 1]]. Keys >= limit sort last and belong to no run. One host
+    sync (nonzero): the runs' count sizes the grid."""
     keys, order = torch.sort(keys, stable=True)
-    m = keys.numel()
-    last = torch.ones(m, dtype=torch.bool, device=keys.device)
-    last[:-1] = keys[1:] != keys[:-1]
-    end_at = torch.where(last, torch.arange(1, m + 1, device=keys.device), m)
-    return keys, order, end_at.flip(0).cummin(0).values.flip(0)  # next run end at or after p
+    first = keys < limit
+    first[1:] &= keys[1:] != keys[:-1]
+    bounds = torch.cat([first.nonzero().squeeze(-1), (keys < limit).sum().view(1)])
+    return keys, order, bounds  # the last run ends where the keys >= limit begin
 
 
 def _inputs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
@@ -254,7 +259,7 @@ def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None
                                conditional_weight, noise_scale, HAS_BIAS=bias is not None,
                                LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
                                MEAN=reduction == "mean", BLOCK_K=block_k, BLOCK_H=block_h,
-                               ACC=_acc(dtype))
+                               ACC=_acc(dtype), num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
     out, lse = subtract_normalisers(out, h, w, _bias(bias, b), ids2, temperature, chunk_size,
                                     w.dtype, _block_lse)
     return out.reshape(ids.shape[:-1]), lse.reshape(ids.shape[:-1])
@@ -284,13 +289,15 @@ def soft_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tens
                            w.stride(0), grad_h.stride(0), temperature, clamp_lo, clamp_hi,
                            mask_threshold, eps, conditional_weight, noise_scale,
                            HAS_BIAS=bias is not None, LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
-                           MEAN=reduction == "mean", BLOCK_K=block_k, BLOCK_H=block_h, ACC=acc)
-    # a discrete row's slots 1.. carry no gradient: key V sorts them last, and they are skipped
+                           MEAN=reduction == "mean", BLOCK_K=block_k, BLOCK_H=block_h, ACC=acc,
+                           num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+    # a discrete row's slots 1.. carry no gradient: key V sorts them last, in no segment
     padding = is_discrete(ids2)[:, None] & (torch.arange(k, device=h.device) >= 1)
-    keys, order, ends = _segments(torch.where(padding, w.shape[0], ids2).reshape(-1))
+    keys, order, bounds = _segments(torch.where(padding, w.shape[0], ids2).reshape(-1),
+                                    w.shape[0])
     block_h = min(128, triton.next_power_of_2(h.shape[1]))
-    _scatter_rows_kernel[(n * k, triton.cdiv(h.shape[1], block_h))](
-        keys, order, ends, coef, h, grad_w, grad_h if grad_b is None else grad_b, k, h.shape[1],
-        w.shape[0], h.stride(0), grad_w.stride(0), HAS_BIAS=grad_b is not None, BLOCK_P=16,
-        BLOCK_H=block_h, ACC=acc)
+    _scatter_rows_kernel[(bounds.numel() - 1, triton.cdiv(h.shape[1], block_h))](
+        keys, order, bounds, coef, h, grad_w, grad_h if grad_b is None else grad_b, k,
+        h.shape[1], h.stride(0), grad_w.stride(0), HAS_BIAS=grad_b is not None, BLOCK_P=16,
+        BLOCK_H=block_h, ACC=acc, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
     return cast_grads(grad_h, grad_w, grad_b, hidden, weight, bias)

@@ -30,6 +30,10 @@ from softgrpo.reference.common import compute_dtype
 
 BLOCK_V = 4096  # vocabulary chunk of the log-sum-exp and gradient passes (8 warps)
 NUM_WARPS = 8
+# FMA contraction on, set at every launch (Triton 3.9 warns that its default changes in 3.10):
+# the log-probs are compared with the reference to a tolerance, and a fused multiply-add rounds
+# once where a multiply and an add round twice. The fused LM-head kernels use the same.
+FP_FUSION = True
 
 
 @triton.jit
@@ -195,7 +199,7 @@ def _launch(kernel, out: torch.Tensor, extra: tuple, logits: torch.Tensor, ids: 
                               noise_scale, k, BLOCK_K=block_k(k),
                               BLOCK_V=min(BLOCK_V, triton.next_power_of_2(v)),
                               LIKELIHOOD=LIKELIHOOD_CODES[likelihood], MEAN=reduction == "mean",
-                              num_warps=NUM_WARPS)
+                              num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
 
 
 def soft_logprob(logits: torch.Tensor, ids: torch.Tensor, perturbed: torch.Tensor,

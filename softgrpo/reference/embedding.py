@@ -24,9 +24,15 @@ def gumbel_softmax_weights_backward(grad: torch.Tensor, weights: torch.Tensor, t
     return g if ids is None else g.masked_fill(is_discrete(ids)[..., None], 0.0)
 
 
+def _rows(table: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """table[ids] (..., K, H) in dtype: one index_select of the flat ids (on the CPU several
+    times faster than advanced indexing with the (..., K) ids)."""
+    return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[-1]).to(dtype)
+
+
 def soft_embedding(table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     dtype = compute_dtype(table, weights)
-    rows = table[ids].to(dtype)  # (..., K, H)
+    rows = _rows(table, ids, dtype)
     out = (weights.to(dtype).unsqueeze(-2) @ rows).squeeze(-2)
     return out.to(table.dtype)
 
@@ -35,7 +41,7 @@ def soft_embedding_backward(grad: torch.Tensor, table: torch.Tensor, ids: torch.
                             weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = compute_dtype(table, weights)
     grad = grad.to(dtype)
-    rows = table[ids].to(dtype)
+    rows = _rows(table, ids, dtype)
     grad_weights = (rows @ grad.unsqueeze(-1)).squeeze(-1)  # <grad_out, E[ids_j]>
     contrib = weights.to(dtype).unsqueeze(-1) * grad.unsqueeze(-2)  # (..., K, H)
     grad_table = torch.zeros(table.shape, dtype=dtype, device=table.device)

@@ -9,23 +9,37 @@ import torch
 from softgrpo import philox
 
 
-def topk_sorted(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of each row of ``z`` (B, V): values descending, ties broken by the smaller id.
+def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z = logits / T in fp32 (x / 1 == x exactly: no division at T = 1)."""
+    z = logits.float()
+    return z if temperature == 1.0 else z / temperature
+
+
+def topk_sorted(logits: torch.Tensor, k: int, temperature: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row of z = logits / T (B, V) in fp32: values descending, ties broken by
+    the smaller id.
 
     torch.topk leaves the order of ties unspecified; this order is the one the kernel uses,
-    so both paths pick the same tokens even for bf16 logits full of ties."""
-    vals, ids = torch.topk(z, k, dim=-1)
-    kth = vals[:, -1:]
-    # torch.topk's set is already right unless a value tied with the k-th is left out.
-    cut_ties = ((z == kth).sum(-1) > (vals == kth).sum(-1)).nonzero().squeeze(-1)
+    so both paths pick the same tokens even for bf16 logits full of ties. z is formed for
+    the top k + 1 of the logits only: the cast to fp32 and the division by T > 0 keep the
+    order of values (at most merging neighbours into ties), so these hold the top k of z,
+    and z's (k+1)-th value tells whether a tie crosses the k-th place. Rows where one does
+    (rare but for coarse bf16 logits) take the exact path on their whole row."""
+    vals, ids = torch.topk(logits, min(k + 1, logits.shape[-1]), dim=-1)
+    vals = scaled(vals, temperature)
+    kth = vals[:, k - 1:k]
+    # a value tied with the k-th is left out iff the (k+1)-th equals it (never when k = V)
+    cut_ties = (vals[:, k:k + 1] == kth).any(-1).nonzero().squeeze(-1)
+    ids = ids[:, :k]
     if cut_ties.numel():
-        zt = z.index_select(0, cut_ties)
+        zt = scaled(logits.index_select(0, cut_ties), temperature)
         above, tied = zt > kth[cut_ties], zt == kth[cut_ties]
         need = k - above.sum(-1, keepdim=True)
         chosen = above | (tied & (tied.cumsum(-1, dtype=torch.int32) <= need))
         ids = ids.index_copy(0, cut_ties, chosen.nonzero()[:, 1].view(-1, k))  # k per row
     ids = ids.sort(dim=-1).values  # ascending id, then a stable sort by value
-    vals = z.gather(-1, ids)
+    vals = scaled(logits.gather(-1, ids), temperature)
     order = torch.sort(vals, dim=-1, descending=True, stable=True).indices
     return vals.gather(-1, order), ids.gather(-1, order)
 
@@ -48,16 +62,17 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
                 discrete_top_p: float, mask_threshold: float, eps: float
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     greedy = temperature == 0.0
-    z = logits.float() / (1.0 if greedy else temperature)  # greedy: distribution at T = 1
-    vals, ids = topk_sorted(z, max(k, discrete_k))
+    temperature = 1.0 if greedy else temperature  # greedy: the distribution at T = 1
+    vals, ids = topk_sorted(logits, max(k, discrete_k), temperature)
     seed, offset = seed[:, None], offset[:, None]
+    # noise of the top max(k, discrete_k) ids, drawn once: soft and discrete rows take prefixes
+    g_all = torch.zeros_like(vals) if greedy else philox.gumbel(seed, offset, ids)
 
     # Soft rows: perturbed log-probs y = l + c g with clamped Gumbel noise, slots by y.
     p = filtered(vals[:, :k], top_p)
     l_soft = torch.log(p + eps)
     soft_ids = ids[:, :k]
-    g = torch.zeros_like(l_soft) if greedy else philox.gumbel(seed, offset, soft_ids)
-    g = g.clamp(clamp_lo, clamp_hi)
+    g = g_all[:, :k].clamp(clamp_lo, clamp_hi)
     y = (l_soft + noise_scale * g).masked_fill(p == 0, -math.inf)  # a cut slot: y -inf, w 0
     order = torch.sort(y, dim=-1, descending=True, stable=True).indices
     y, soft_ids, g, l_soft = (t.gather(-1, order) for t in (y, soft_ids, g, l_soft))
@@ -69,12 +84,11 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
     p_d = filtered(vals[:, :discrete_k], discrete_top_p)
     l_d = torch.log(p_d + eps)
     cand = ids[:, :discrete_k]
-    g_d = torch.zeros_like(l_d) if greedy else philox.gumbel(seed, offset, cand)
-    pick = (l_d + g_d).masked_fill(p_d == 0, -math.inf).argmax(-1, keepdim=True)
+    pick = (l_d + g_all[:, :discrete_k]).masked_fill(p_d == 0, -math.inf).argmax(-1, keepdim=True)
     token = cand.gather(-1, pick)
     rows = (~thinking).nonzero().squeeze(-1)  # the full-vocabulary normaliser: these rows only
-    token_logprob = z.gather(-1, token).squeeze(-1).index_add(
-        0, rows, -torch.logsumexp(z.index_select(0, rows), -1))
+    token_logprob = scaled(logits.gather(-1, token), temperature).squeeze(-1).index_add(
+        0, rows, -torch.logsumexp(scaled(logits.index_select(0, rows), temperature), -1))
     first = torch.zeros_like(y, dtype=torch.bool)
     first[:, 0] = True
     d_ids = torch.where(first, token, 0)

@@ -356,7 +356,7 @@ def report(rows: list[dict], checks: list[dict], draws: int, command: str) -> st
     ]
     return "\n".join([
         "# Soft-row likelihoods as gradient estimators (spec 9)", "",
-        f"`{command}` on {machine('cpu')}; {versions()}.", "",
+        f"`{command}` on {machine('cpu')}; {versions('cpu')}.", "",
         setup, "",
         header, "|---|---:|---:|---|---:|---:|---:|---:|---:|", *(_fmt(r) for r in rows), "",
         summary(rows), "",

@@ -196,7 +196,7 @@ def report(results: dict[tuple[str, int], dict], names: list[str], seeds: list[i
                      for name in names)
     return "\n".join([
         "# Learning on the built-in task: GRPO and SofT-GRPO by soft-row likelihood", "",
-        f"`{command}` on {machine('cpu')}; {versions()}; one torch thread per run.", "",
+        f"`{command}` on {machine('cpu')}; {versions('cpu')}; one torch thread per run.", "",
         (f"Each row: {len(seeds)} seeds ({', '.join(map(str, seeds))}) of `softgrpo train` (the "
          f"shipped config `default`, {cfg['steps']} steps of the same budget) with the "
          f"configuration's settings: {defs}. Held-out Pass@1 / Pass@k: the task's held-out "

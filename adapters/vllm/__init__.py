@@ -57,11 +57,11 @@ though their soft inputs differ. create_engine runs the engine in this process b
 """
 
 from .backend import VLLMRolloutBackend, load_weights
-from .engine import SUPPORTED, attach, check_version, create_engine, engine_options
+from .engine import SUPPORTED, attach, check_runner, check_version, create_engine, engine_options
 from .generate import generate
 from .model import register
 from .processor import SoftThinkingLogitsProcessor, request_payload
 
 __all__ = ["SUPPORTED", "SoftThinkingLogitsProcessor", "VLLMRolloutBackend", "attach",
-           "check_version", "create_engine", "engine_options", "generate", "load_weights",
-           "register", "request_payload"]
+           "check_runner", "check_version", "create_engine", "engine_options", "generate",
+           "load_weights", "register", "request_payload"]

@@ -17,6 +17,7 @@ import torch
 from .engine import SUPPORTED, check_runner
 from .model import input_embedder, register
 from .processor import SoftThinkingLogitsProcessor
+from .state import SoftRuntime
 
 register()
 
@@ -32,10 +33,23 @@ def uses_v2(model_runner) -> bool:
                for c in type(model_runner).__mro__)
 
 
-def _runner(model_runner) -> ModuleType:
+def _runner(v2: bool) -> ModuleType:
     from . import runner_v1, runner_v2
 
-    return runner_v2 if uses_v2(model_runner) else runner_v1
+    return runner_v2 if v2 else runner_v1
+
+
+def link(model_runner, v2: bool | None = None) -> SoftRuntime:
+    """Link the runner's soft-input model (V1: its class, V2: its model state) to the logits
+    processor's runtime, with the model's record -> input-embedding map; returns the runtime.
+    ``v2``: which runner's bookkeeping ``model_runner`` has (default: :func:`uses_v2`).
+    RuntimeError / ValueError when the engine was not built with softgrpo's options or the
+    model's input embedding is not a (scaled) table lookup."""
+    runner = _runner(uses_v2(model_runner) if v2 is None else v2)
+    runtime = runner.processor(model_runner).runtime
+    runner.attach(model_runner, runtime)
+    runtime.embed_records = input_embedder(model_runner.get_model()).records
+    return runtime
 
 
 class SoftThinkingWorkerExtension:
@@ -43,7 +57,7 @@ class SoftThinkingWorkerExtension:
 
     def _softgrpo_processor(self) -> SoftThinkingLogitsProcessor:
         try:
-            return _runner(self.model_runner).processor(self.model_runner)
+            return _runner(uses_v2(self.model_runner)).processor(self.model_runner)
         except RuntimeError as error:
             _fail(str(error))
 
@@ -68,14 +82,11 @@ class SoftThinkingWorkerExtension:
         if config.scheduler_config.async_scheduling:
             _fail("async scheduling must be off (a step scheduled before the previous one "
                   "is sampled would run past a request's end)")
-        runtime = self._softgrpo_processor().runtime
-        model = runner.get_model()
         try:
-            _runner(runner).attach(runner, runtime)
-            runtime.embed_records = input_embedder(model).records
+            link(runner)
         except (RuntimeError, ValueError) as error:
             _fail(str(error))
-        return {"runner": type(runner).__name__, "model": type(model).__name__,
+        return {"runner": type(runner).__name__, "model": type(runner.get_model()).__name__,
                 "v2": uses_v2(runner)}
 
     def softgrpo_load_weights(self, blob: bytes) -> None:

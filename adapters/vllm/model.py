@@ -6,7 +6,7 @@ model's own embedding of the record, sum_j w_j E[ids_j] (spec 2.8).
 
 How the soft inputs reach the model depends on the runner:
 - V1 runner: the class's forward embeds the token ids and replaces the soft positions (the
-  batch layout from the forward context's attention metadata);
+  batch layout from the runner's query_start_loc, see runner_v1);
 - Model Runner V2: the class names its model state (get_model_state_cls), a DefaultModelState
   whose prepare_inputs hands the forward ``inputs_embeds`` with the soft positions replaced
   (runner_v2.SoftModelState); the forward is the stock one.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 from vllm import ModelRegistry
-from vllm.forward_context import get_forward_context, is_forward_context_available
 
 from ..hf.embeddings import TableEmbedder
 from .state import SoftRuntime
@@ -54,26 +53,10 @@ class SoftInputsMixin:
         runtime = self.softgrpo_runtime
         if runtime is not None and inputs_embeds is not None:
             runtime.last_position = {}
-            locations = _query_start_loc()
-            if runtime.rows and locations is not None:
-                inputs_embeds = runtime.soft_inputs(inputs_embeds, positions, locations,
-                                                    runtime.rows)
+            if runtime.rows:
+                inputs_embeds = runtime.soft_inputs(inputs_embeds, positions,
+                                                    runtime.batch_layout(), runtime.rows)
         return super().forward(None, positions, intermediate_tensors, inputs_embeds, **kwargs)
-
-
-def _query_start_loc() -> list[int] | None:
-    """The token offsets of the batch rows in this forward (from the attention metadata the
-    V1 runner builds from its persistent batch), None in a run without metadata."""
-    if not is_forward_context_available():
-        return None
-    metadata = get_forward_context().attn_metadata
-    if isinstance(metadata, list):
-        raise TypeError("softgrpo: micro-batched forwards (DBO) are not supported")
-    for value in (metadata or {}).values():
-        loc = getattr(value, "query_start_loc", None)
-        if loc is not None:
-            return loc.tolist()
-    return None
 
 
 def _unsupported(base: type) -> str | None:

@@ -2,10 +2,11 @@
 subclass CPUModelRunner): finding the logits processor and linking the model to it.
 
 The soft-input class's forward (model.SoftInputsMixin) replaces the soft positions; it maps
-tokens to requests through the forward's attention metadata (query_start_loc over the
-persistent batch's rows, the rows the logits processor tracks through BatchUpdate) and the
-positions tensor, and records each row's last position, which tells the processor a real
-step from a partial prefill. The replacement is host-side work inside the forward, which a
+tokens to requests through the runner's query_start_loc (the token offsets of the persistent
+batch's rows, the rows the logits processor tracks through BatchUpdate; the runner fills it
+before each forward and builds every attention backend's metadata from it, where FlashInfer's
+metadata does not keep it) and the positions tensor, and records each row's last position,
+which tells the processor a real step from a partial prefill. The replacement is host-side work inside the forward, which a
 CUDA graph would skip: this runner needs CUDA graphs off (enforce_eager=True).
 """
 
@@ -40,4 +41,6 @@ def attach(model_runner, runtime: SoftRuntime) -> None:
     if model_runner.vllm_config.compilation_config.cudagraph_mode != CUDAGraphMode.NONE:
         raise RuntimeError("the V1 runner needs CUDA graphs off (enforce_eager=True): a "
                            "replayed graph would skip the soft-input replacement")
+    runtime.batch_layout = lambda: model_runner.query_start_loc.np[
+        :model_runner.input_batch.num_reqs + 1].tolist()
     model.softgrpo_runtime = runtime

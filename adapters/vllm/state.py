@@ -79,15 +79,17 @@ RecordEmbedder = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 @dataclass
 class SoftRuntime:
     """The worker-side registry: states by tag, the runner's keys (V1 batch rows, V2 request
-    slots) that hold soft requests, the last position each V1 row reached in the latest
-    forward (written by the model, read by the logits processor to tell a real sampling step
-    from a partial prefill; the V2 runner hands the processor the positions itself), and the
-    model's record -> input-embedding map (set when the engine is attached)."""
+    slots) that hold soft requests, and, set when the engine is attached, the model's record
+    -> input-embedding map. V1 runner only: the batch rows' token offsets in the current
+    forward (batch_layout) and the last position each row reached in it (written by the
+    model, read by the logits processor to tell a real sampling step from a partial prefill;
+    Model Runner V2 hands the processor the positions itself)."""
 
     states: dict[str, RequestState] = field(default_factory=dict)
     rows: dict[int, RequestState] = field(default_factory=dict)
-    last_position: dict[int, int] = field(default_factory=dict)
     embed_records: RecordEmbedder | None = None
+    batch_layout: Callable[[], list[int]] | None = None
+    last_position: dict[int, int] = field(default_factory=dict)
 
     def state_for(self, parsed, prompt_len: int, outputs: int) -> RequestState | None:
         """The state of a request the runner (re-)adds: ``parsed`` is processor.parse's

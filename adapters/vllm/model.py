@@ -66,12 +66,12 @@ def _unsupported(base: type) -> str | None:
 
     if not is_text_generation_model(base):
         return "not a text-generation model"
-    checks = {"multimodal": interfaces.supports_multimodal, "hybrid": interfaces.is_hybrid,
-              "attention-free": interfaces.is_attention_free,
-              "stateful (inner state)": interfaces.has_inner_state}
-    for name, check in checks.items():
+    checks = {"a multimodal": interfaces.supports_multimodal, "a hybrid": interfaces.is_hybrid,
+              "an attention-free": interfaces.is_attention_free,
+              "a stateful (inner state)": interfaces.has_inner_state}
+    for kind, check in checks.items():
         if check(base):
-            return f"a {name} model"
+            return f"{kind} model"
     if "get_model_state_cls" in dir(base):
         return "its inputs are prepared by its own Model Runner V2 state"
     if not callable(getattr(base, "embed_input_ids", None)):
@@ -84,14 +84,14 @@ def soft_class(architecture: str) -> type:
     once per process).
 
     Raises:
-        ValueError: vLLM has no class for it, or the class is not a text decoder whose
+        ValueError: vLLM cannot load a class for it, or the class is not a text decoder whose
             inputs are token embeddings (multimodal, hybrid/state-space, attention-free, or
             one with its own Model Runner V2 state)."""
     if architecture not in _classes:
         base = ModelRegistry._try_load_model_cls(architecture)
         if base is None:
-            raise ValueError(f"this vLLM has no model class for the architecture "
-                             f"{architecture!r}")
+            raise ValueError(f"this vLLM has no loadable model class for the architecture "
+                             f"{architecture!r} (vLLM's log says why)")
         reason = _unsupported(base)
         if reason is not None:
             raise ValueError(f"architecture {architecture!r} cannot take soft inputs: {reason} "

@@ -23,19 +23,6 @@ else:
 import pytest
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-V1 = _has("vllm.v1.sample.logits_processor")
-V2 = _has("vllm.v1.worker.gpu.sample.logits_processor")
-needs_v1 = pytest.mark.skipif(not V1, reason="this vLLM has no V1 model runner")
-needs_v2 = pytest.mark.skipif(not V2, reason="this vLLM has no Model Runner V2 logits processors")
-
-
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """arch -> (directory, HF model, tokenizer) of tiny local checkpoints (qwen3, gemma)."""

@@ -17,6 +17,7 @@ processed logits; a row still in chunked prefill produces no token.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import random
 from types import SimpleNamespace
@@ -36,6 +37,17 @@ from softgrpo.rollout import Rollout, SoftThinkingConfig
 
 CPU = torch.device("cpu")
 ARCHITECTURE = "HFDecoderForCausalLM"
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+V1 = _has("vllm.v1.sample.logits_processor")  # the runners this vLLM has
+V2 = _has("vllm.v1.worker.gpu.sample.logits_processor")
 
 
 class HFDecoder(torch.nn.Module):

@@ -6,7 +6,7 @@ logits both runners store the same records bit for bit."""
 
 import pytest
 import torch
-from conftest import V1, V2, needs_v1, needs_v2
+from drivers import V1, V2
 from vllm_helpers import assert_same_rollout, replay_errors
 
 from softgrpo.adapters import hf
@@ -16,7 +16,9 @@ PROMPTS = ["1 + 2 =", "x", "the answer is 3 so we get", "( 4 + 5 ) . 3 = 2 x y 7
            "y", "step 1 : 2 + 2 = 4 step 2 : 4 + 3"]
 IDS = torch.tensor([4, 8, 15, 16, 23, 42])
 CONFIG = SoftThinkingConfig(max_new_tokens=20, seed=5, think_end="8", max_thinking_tokens=10)
-RUNNERS = [pytest.param("v1", marks=needs_v1), pytest.param("v2", marks=needs_v2)]
+RUNNERS = [pytest.param("v1", marks=pytest.mark.skipif(not V1, reason="no V1 runner")),
+           pytest.param("v2", marks=pytest.mark.skipif(not V2, reason="no Model Runner V2 "
+                                                       "logits processors"))]
 
 
 def _driver(runner: str, checkpoint, **kwargs):
@@ -56,3 +58,37 @@ def test_same_logits_give_the_same_records_bit_for_bit(checkpoints):
     for name, tensor in v1.tensors().items():
         assert torch.equal(tensor.nan_to_num(), getattr(v2, name).nan_to_num()), name
     assert v1.thinking_mask.any() and v1.forced_mask.any()
+
+
+@pytest.mark.parametrize("arch", ["Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM",
+                                  "MistralForCausalLM", "Phi3ForCausalLM"])
+def test_soft_class_built_from_vllms_class(arch):
+    """The soft class of an architecture subclasses vLLM's own class, resolves by name the way
+    a worker process does (a lazy registry entry importing softgrpo's module), and under
+    Model Runner V2 names the soft-input model state."""
+    from vllm import ModelRegistry
+
+    from softgrpo.adapters.vllm import model as soft_models
+
+    soft_models.register()  # the worker extension's import: every architecture, lazily
+    base = ModelRegistry._try_load_model_cls(arch)
+    cls = ModelRegistry._try_load_model_cls(soft_models.PREFIX + arch)
+    assert cls is soft_models.soft_class(arch) and cls.__name__ == "SoftGRPO" + arch
+    assert cls.__mro__[1:3] == (soft_models.SoftInputsMixin, base)
+    if V2:
+        from vllm.v1.worker.gpu.model_states import resolve_model_state_cls
+
+        from softgrpo.adapters.vllm.runner_v2 import SoftModelState
+
+        assert resolve_model_state_cls(None, cls) is SoftModelState
+
+
+@pytest.mark.parametrize("arch, reason", [("PaliGemmaForConditionalGeneration", "multimodal"),
+                                          ("JambaForCausalLM", "hybrid"),
+                                          ("MambaForCausalLM", "attention-free"),
+                                          ("NoSuchForCausalLM", "no loadable model class")])
+def test_architectures_without_token_inputs_refused(arch, reason):
+    from softgrpo.adapters.vllm.model import soft_class
+
+    with pytest.raises(ValueError, match=f"{arch}.*{reason}|{reason}.*{arch}"):
+        soft_class(arch)

@@ -51,9 +51,13 @@ def sampling_options(config: SoftThinkingConfig, sequence_id: int, think_end: li
                 extra_args=request_payload(config, sequence_id, think_end, tag))
 
 
-def parse(params: SamplingParams) -> tuple[SoftThinkingConfig, int, tuple[int, ...], str] | None:
-    """The request's (config, sequence id, think-end ids, tag), None for an ordinary request;
-    ValueError naming the bad option otherwise."""
+def parse(params: SamplingParams | None
+          ) -> tuple[SoftThinkingConfig, int, tuple[int, ...], str] | None:
+    """The request's (config, sequence id, think-end ids, tag), None for an ordinary request
+    (or none: a pooling request has no sampling params); ValueError naming the bad option
+    otherwise."""
+    if params is None:
+        return None
     payload = (params.extra_args or {}).get(KEY)
     if payload is None:
         return None

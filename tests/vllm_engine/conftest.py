@@ -30,19 +30,12 @@ def checkpoints(tmp_path_factory):
     """name -> (directory, HF model, tokenizer): qwen2 (one-token </think>), llama (</think>
     split into "</" "think" ">"), qwen2_other (qwen2 with other weights, for load_weights),
     qwen3 and gemma (tied, embeddings scaled by sqrt(H))."""
-    from hf_models import make_model, make_tokenizer
+    from hf_models import save_checkpoints
 
-    out = {}
-    for name, arch, split, seed in (("qwen2", "qwen2", False, 0), ("llama", "llama", True, 1),
-                                    ("qwen2_other", "qwen2", False, 2),
-                                    ("qwen3", "qwen3", False, 3), ("gemma", "gemma", True, 4)):
-        tokenizer = make_tokenizer(split)
-        model = make_model(arch, len(tokenizer), hidden=128, tokenizer=tokenizer, seed=seed)
-        path = tmp_path_factory.mktemp(name)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        out[name] = (path, model, tokenizer)
-    return out
+    return save_checkpoints(tmp_path_factory, (
+        ("qwen2", "qwen2", False, 0), ("llama", "llama", True, 1),
+        ("qwen2_other", "qwen2", False, 2), ("qwen3", "qwen3", False, 3),
+        ("gemma", "gemma", True, 4)))
 
 
 @pytest.fixture(scope="session")

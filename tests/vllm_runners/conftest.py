@@ -26,14 +26,7 @@ import pytest
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """arch -> (directory, HF model, tokenizer) of tiny local checkpoints (qwen3, gemma)."""
-    from hf_models import make_model, make_tokenizer
+    from hf_models import save_checkpoints
 
-    out = {}
-    for arch, seed in (("qwen3", 0), ("gemma", 1)):
-        tokenizer = make_tokenizer()
-        model = make_model(arch, len(tokenizer), hidden=128, tokenizer=tokenizer, seed=seed)
-        path = tmp_path_factory.mktemp(arch)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        out[arch] = (path, model, tokenizer)
-    return out
+    return save_checkpoints(tmp_path_factory, (("qwen3", "qwen3", False, 0),
+                                               ("gemma", "gemma", False, 1)))

@@ -51,7 +51,12 @@ def requested_runner() -> bool | None:
     """The runner the user asked vLLM for with VLLM_USE_V2_MODEL_RUNNER (True: V2, False: V1,
     None: unset, vLLM chooses)."""
     value = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
-    return None if value is None else bool(int(value))
+    if value is None:
+        return None
+    if value.strip() not in ("0", "1"):
+        raise RuntimeError(f"VLLM_USE_V2_MODEL_RUNNER must be 0 or 1 (as vLLM reads it), got "
+                           f"{value!r}. Supported: {SUPPORTED}")
+    return value.strip() == "1"
 
 
 def _architecture(model: str | os.PathLike) -> str:

@@ -86,7 +86,7 @@ def test_bad_generate_arguments_rejected(qwen, kwargs, error, message):
         sv.generate(llm, tokenizer, PROMPTS, **kwargs)
 
 
-def test_unsupported_engine_refused(checkpoints, plain):
+def test_unsupported_engine_refused(checkpoints, plain, monkeypatch):
     """An engine without softgrpo's options would sample ordinary tokens: refused, naming the
     supported versions and runners. So are unsupported versions and runners, conflicting
     options and architectures that cannot take soft inputs."""
@@ -108,6 +108,14 @@ def test_unsupported_engine_refused(checkpoints, plain):
     sv.check_runner(False, "0.33.2")
     with pytest.raises(ValueError, match="enable_prefix_caching"):
         sv.create_engine(path, enable_prefix_caching=True)
+    for value, runner in (("0", False), ("1", True)):  # the user's choice, checked up front
+        monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", value)
+        assert sv.engine.requested_runner() is runner
+        sv.engine_options(path)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "yes")
+    with pytest.raises(RuntimeError, match="must be 0 or 1.*Supported: vLLM 0.24"):
+        sv.engine_options(path)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
     config = json.loads((path / "config.json").read_text())
     for arch, message in (("MambaForCausalLM", "cannot take soft inputs: an? .*model"),
                           ("PaliGemmaForConditionalGeneration", "a multimodal model"),

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import math
+import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,57 @@ def _import(spec: str, what: str) -> object:
 
 
 # ---- models ----------------------------------------------------------------------------------
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (HF_HUB_OFFLINE, or a TCP
+    connection to its endpoint failing within 5 s), or None when it can."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError as err:
+        return f"{url.hostname}:{port}: {err.strerror or err}"
+    return None
+
+
+def check_model_source(path: str | Path) -> None:
+    """Fail fast, with a message that says so, when ``path`` is neither a local model
+    directory nor a hub id that can be loaded (instead of transformers' retries and a hub
+    error for what was meant as a local directory).
+
+    Raises:
+        FileNotFoundError: ``path`` is a file; or no such directory exists and ``path`` is
+            not a hub id ("org/name"); or it is one, is not in the local hub cache, and the
+            hub cannot be reached (the message says why).
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return
+    if local.exists():
+        raise FileNotFoundError(f"model {text!r} is a file, not a model directory")
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise FileNotFoundError(f"no such local directory: {text!r} (and not a Hugging Face "
+                                "hub id, which looks like 'org/name')") from None
+    if isinstance(try_to_load_from_cache(text, "config.json"), str):
+        return
+    reason = _hub_unreachable()
+    if reason is not None:
+        raise FileNotFoundError(
+            f"no such local directory: {text!r}; as a hub id it is not in the local Hugging "
+            f"Face cache, and the hub ({constants.ENDPOINT}) cannot be reached ({reason})")
+
+
 def load_tokenizer(path: str | Path):
     """AutoTokenizer, except for a plain `tokenizers` tokenizer saved by
     PreTrainedTokenizerFast (the tiny model's): AutoTokenizer in transformers 5 would rebuild
@@ -82,9 +134,11 @@ def load_pretrained(path: str | Path, device: torch.device, *, trainable: bool,
                     dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False):
     """(model, tokenizer) from a local directory or hub id. Trainable models keep float32
     weights; a frozen one (the reference) is stored in ``dtype`` without gradients. A
-    tokenizer without a pad token gets its EOS token as pad."""
+    tokenizer without a pad token gets its EOS token as pad. Raises FileNotFoundError for a
+    path that is neither a local directory nor a reachable hub id (check_model_source)."""
     from transformers import AutoModelForCausalLM
 
+    check_model_source(path)
     tokenizer = load_tokenizer(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -303,3 +303,26 @@ def test_a_saved_model_on_a_dataset_file(soft_run, tmp_path):
     assert math.isfinite(record["loss"]) and math.isfinite(record["kl"])
     assert summary["final_eval"]["problems"] == 3
     assert not (run / INITIAL_DIR).exists()  # no warm start for a given model
+
+
+def test_a_missing_model_is_named_before_any_download(tmp_path, monkeypatch, capsys):
+    """softgrpo eval / train with a --model that is no local directory: a message saying so
+    (and why the hub cannot serve it), not transformers' retries and hub errors."""
+    from huggingface_hub import constants
+
+    missing = tmp_path / "no" / "such" / "dir"
+    assert main(["eval", "--model", str(missing)]) == 2
+    assert f"no such local directory: '{missing}' (and not a Hugging Face hub id" in (
+        capsys.readouterr().err)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert main(["eval", "--model", "org/missing-model"]) == 2
+    err = capsys.readouterr().err
+    assert "no such local directory: 'org/missing-model'; as a hub id it is not in the local" \
+           in err and "(http://127.0.0.1:9) cannot be reached (127.0.0.1:9: " in err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["train", "--model", "org/missing-model", "--dataset", str(tmp_path / "x.jsonl"),
+                 "--output_dir", str(tmp_path / "run")]) == 2
+    assert "cannot be reached (HF_HUB_OFFLINE is set)" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["eval", "--model", str(tmp_path / "file")]) == 2
+    assert "is a file, not a model directory" in capsys.readouterr().err

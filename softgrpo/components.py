@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import math
+import random
 import socket
 import warnings
 from collections.abc import Callable
@@ -17,9 +18,20 @@ from pathlib import Path
 import torch
 
 from softgrpo import rewards
-from softgrpo.config import BUILTIN_TASK, TrainConfig
+from softgrpo.config import BUILTIN_TASKS, TrainConfig
 from softgrpo.rollout import RolloutBackend
-from softgrpo.tasks import Problem, load_problems, prompt_text, running_sum_task, running_sum_words
+from softgrpo.tasks import (
+    Problem,
+    load_problems,
+    mnns_solution,
+    mnns_targets,
+    mnns_task,
+    mnns_words,
+    prompt_text,
+    running_sum_solution,
+    running_sum_task,
+    running_sum_words,
+)
 
 RewardFn = Callable[[str, str], float]
 
@@ -155,7 +167,9 @@ def tiny_policy(cfg: TrainConfig):
     """(model, tokenizer) of the built-in tiny model, freshly initialised from cfg.seed."""
     from softgrpo.tiny import build_model, build_tokenizer
 
-    tokenizer = build_tokenizer(running_sum_words(cfg.task_max_value))
+    words = (mnns_words(cfg.task_digits, cfg.task_digit_range[1]) if cfg.dataset == "mnns"
+             else running_sum_words(cfg.task_max_value))
+    tokenizer = build_tokenizer(words)
     model = build_model(tokenizer, hidden_size=cfg.tiny_hidden_size, layers=cfg.tiny_layers,
                         heads=cfg.tiny_heads, seed=cfg.seed)
     return model, tokenizer
@@ -166,7 +180,10 @@ def problems(cfg: TrainConfig, tokenizer) -> tuple[list[Problem], list[Problem]]
     """(train, held_out) as the model sees them: the built-in task's split, or the dataset
     files with the chat template applied (when set) and prompts over max_prompt_length tokens
     dropped (the count is reported with a warning)."""
-    if cfg.dataset == BUILTIN_TASK:
+    if cfg.dataset == "mnns":
+        train, held_out = mnns_task(cfg.seed, cfg.task_train_size, cfg.task_eval_size,
+                                    cfg.task_digits, *cfg.task_digit_range)
+    elif cfg.dataset in BUILTIN_TASKS:
         train, held_out = running_sum_task(cfg.seed, cfg.task_train_size, cfg.task_eval_size,
                                            cfg.task_steps, cfg.task_max_value)
     else:
@@ -177,6 +194,17 @@ def problems(cfg: TrainConfig, tokenizer) -> tuple[list[Problem], list[Problem]]
     if cfg.eval_problems is not None:
         held_out = held_out[:cfg.eval_problems]
     return _fit(cfg, tokenizer, train, "dataset"), _fit(cfg, tokenizer, held_out, "eval_dataset")
+
+
+def teacher(cfg: TrainConfig) -> Callable[[Problem, random.Random], str | list[dict]]:
+    """The warm start's target of a built-in task's problem, ``fn(problem, rng)``: the
+    running-sum solution with cfg.warm_start_skip; for mnns, "path" (one optimal sign
+    choice, drawn per use) or "distribution" (the reachable partial sums per step)."""
+    if cfg.dataset != "mnns":
+        return lambda p, rng: running_sum_solution(p.prompt, rng, cfg.warm_start_skip)
+    if cfg.warm_start_teacher == "distribution":
+        return lambda p, rng: mnns_targets(p.prompt)
+    return lambda p, rng: mnns_solution(p.prompt, rng)
 
 
 def _fit(cfg: TrainConfig, tokenizer, items: list[Problem], name: str) -> list[Problem]:

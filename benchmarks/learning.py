@@ -48,13 +48,15 @@ class Row:
 @dataclass(frozen=True)
 class Task:
     """A built-in task's benchmark: its shipped config, its rows, the warm-start teachers every
-    row runs under (None: the config's own), the default report and what its title says."""
+    row runs under (None: the config's own), the default report and what its title says;
+    analyse: rows whose soft-step weights benchmarks.soft_weights measures (mnns only)."""
 
     config: str
     rows: tuple[Row, ...]
     out: Path
     title: str
     teachers: tuple[str | None, ...] = (None,)
+    analyse: tuple[str, ...] = ()
 
 
 # every softgrpo row states its rollout noise clamp (release: the paper's clamped noise;
@@ -63,6 +65,7 @@ GRPO = dict(algorithm="grpo", likelihood="release", noise_clamp=[-1.5, 3.0])
 RELEASE = dict(algorithm="softgrpo", likelihood="release", noise_clamp=[-1.5, 3.0])
 TOKEN = dict(algorithm="softgrpo", likelihood="token", noise_clamp=None)
 SWEEP_SEEDS = 2  # the tau / k sweep's subset of seeds
+WEIGHT_SAMPLES = 8  # samples per held-out problem for the soft-weight analysis
 
 TASKS = {
     "running-sum": Task("default", (
@@ -83,7 +86,7 @@ TASKS = {
         Row("token-tau1-k10", {**TOKEN, "tau": 1.0, "k": 10}, SWEEP_SEEDS),
     ), Path("benchmarks/results/learning-mnns-cpu.md"),
         "Learning on mnns (CoT2's minimum non-negative sum): GRPO and SofT-GRPO",
-        teachers=("distribution", "path")),
+        teachers=("distribution", "path"), analyse=("token", "token-tau1-k10")),
 }
 RUNS = Path("runs/learning")
 
@@ -350,12 +353,35 @@ def report(results: dict[Job, dict], task: Task, rows: list[Row], seeds: list[in
                   ("Every decoding mode (soft-no-noise: noise scale 0, greedy: temperature 0, "
                   "one sample; the mode each row trains with is marked):"), "",
                   mode_table(results, rows, teacher, seeds), ""]
-    lines += [f"![Pass@1 against step, Pass@k against k]({png.name})", "",
-              ("Same machine, same seed, same settings: the same metrics.jsonl, bit for bit "
+    lines += [f"![Pass@1 against step, Pass@k against k]({png.name})", ""]
+    analysed = [row for row in rows if row.name in task.analyse]
+    if analysed:
+        lines += weights_section(task, analysed, seeds, runs, out)
+    lines += [("Same machine, same seed, same settings: the same metrics.jsonl, bit for bit "
                "(tested). Another CPU (another instruction set, another torch build) rounds "
                "differently, and a tiny model's RL amplifies that: expect other numbers per "
                "seed elsewhere; the means over seeds are what to compare."), ""]
     return "\n".join(lines)
+
+
+def weights_section(task: Task, rows: list[Row], seeds: list[int], runs: Path,
+                    out: Path) -> list[str]:
+    """benchmarks.soft_weights on the rows' runs (each row's seeds pooled), per teacher."""
+    from benchmarks import soft_weights
+
+    png = out.with_name(out.stem + "-soft-weights.png")
+    groups = {f"{row.name}, {teacher} teacher" if teacher else row.name:
+              [run_dir(runs, (row.name, teacher, s)) for s in _row_seeds(row, seeds)]
+              for teacher in task.teachers for row in rows}
+    results = soft_weights.measure(groups, WEIGHT_SAMPLES, "soft")
+    soft_weights.plot(results, png, soft_weights.THRESHOLD)
+    return [("What a soft step carries (`benchmarks.soft_weights`: soft decoding with noise, as "
+             f"trained, {WEIGHT_SAMPLES} samples per held-out problem, each row's seeds "
+             "pooled; before = the warm-started policy, after = the trained one): the weight "
+             "on partial sums reachable at that step, on those of an optimal sign choice, and "
+             "how many reachable sums a step carries at once:"), "",
+            soft_weights.table(results, soft_weights.THRESHOLD), "",
+            f"![reachable partial sums per soft step]({png.name})", ""]
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -54,3 +54,7 @@ def test_mnns_teachers_sweep_subset_and_shared_warm_starts(tmp_path):
             assert sum("(reused " in log for log in logs) == len(logs) - 1
             assert f"({teacher} teacher)" in logs[0]
     assert len(list((runs / "warm-start").iterdir())) == 6
+    # the soft-weight analysis of the analysed row, per teacher, before and after
+    weights = [line for line in text.splitlines()
+               if line.startswith("| token-tau1-k10, distribution teacher | after | 1 |")]
+    assert len(weights) == 1 and (tmp_path / "mnns-soft-weights.png").is_file()

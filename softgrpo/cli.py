@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy with SofT-GRPO or GRPO",
                            epilog="any other --key value (or --set key=value) sets a TrainConfig "
                                   "field, e.g. --algorithm grpo --steps 50 --lr 1e-5")
-    train.add_argument("--config", help="shipped config name (default, r1-distill-qwen-1.5b) "
+    train.add_argument("--config", help="shipped config name (default, mnns, r1-distill-qwen-1.5b) "
                                         "or a YAML file")
     train.add_argument("--resume", action="store_true",
                        help="continue from output_dir's latest checkpoint")

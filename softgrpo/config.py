@@ -4,8 +4,9 @@ line (``--set key=value`` or ``--key value``), validated with messages that name
 
 The built-in default run (``softgrpo train`` with no arguments) is the shipped YAML
 ``softgrpo/configs/default.yaml``: the synthetic task on a tiny local model, with its own
-(much larger) learning rate and small batches. ``configs/r1-distill-qwen-1.5b.yaml`` is the
-authors' DeepSeek-R1-Distill-Qwen-1.5B recipe.
+(much larger) learning rate and small batches. ``configs/mnns.yaml`` is the same on the
+mnns search task; ``configs/r1-distill-qwen-1.5b.yaml`` is the authors'
+DeepSeek-R1-Distill-Qwen-1.5B recipe.
 """
 
 from __future__ import annotations
@@ -334,7 +335,7 @@ def _check_keys(keys, source: str) -> None:
 
 
 def config_path(name: str) -> Path:
-    """A shipped config by name ("default", "r1-distill-qwen-1.5b") or a YAML file path."""
+    """A shipped config by name ("default", "mnns", "r1-distill-qwen-1.5b") or a YAML file path."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():

@@ -249,8 +249,10 @@ def _warm_start(cfg: TrainConfig, model, tokenizer, train_set: list[Problem],
     """Warm-start the tiny model with the task's teacher and save it (and its tokenizer and
     WARM_START_FILE) to ``dest``; with cfg.warm_start_cache, reuse the copy stored there for
     the same settings, or store this one. Returns the line to print."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k in ("seed", "dataset") or (
-        k.startswith(("task_", "tiny_", "warm_start_")) and k != "warm_start_cache")}
+    # every setting the warm start depends on (max_prompt_length: which problems it sees)
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k in ("seed", "dataset", "max_prompt_length") or (
+                    k.startswith(("task_", "tiny_", "warm_start_")) and k != "warm_start_cache")}
     cached = None
     if cfg.warm_start_cache is not None:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -16,6 +16,7 @@ after the new one is in place.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -52,8 +53,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict:
-    """Python, NumPy, torch CPU and CUDA generator states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Python, NumPy, torch CPU and CUDA generator states, as plain tuples, lists, numbers,
+    strings and tensors (what torch.load(weights_only=True) reads back)."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": str(kind), "key": [int(v) for v in key], "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -61,8 +66,12 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore the states :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["key"], dtype=np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -133,9 +142,28 @@ def resolve(path: str | Path) -> Path:
 
 
 def load_state(checkpoint: str | Path) -> dict:
-    """The trainer state saved with a checkpoint (optimizer, scheduler, RNG, data, config)."""
-    # weights_only=False: the state holds Python/NumPy RNG states; only load your own runs
-    return torch.load(Path(checkpoint) / "trainer.pt", map_location="cpu", weights_only=False)
+    """The trainer state saved with a checkpoint (optimizer, scheduler, RNG, data, config).
+
+    Read with torch.load(weights_only=True): tensors and plain Python data only, so a
+    trainer.pt made by someone else cannot run code when it is loaded.
+
+    Raises:
+        ValueError: the file holds anything else (a pickled function or class, e.g. a
+            tampered file, or one written by an older softgrpo that stored NumPy arrays);
+            nothing in it was run.
+    """
+    path = Path(checkpoint) / "trainer.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is mostly advice to pass weights_only=False: keep only what it found
+        found = [line for line in str(err).splitlines() if "nsupported" in line]
+        reason = found[0].strip().rstrip(".") if found else type(err).__name__
+        raise ValueError(
+            f"refused to load {str(path)!r}: it holds more than tensors and plain data "
+            f"({reason}); loading that could run arbitrary code, so nothing in it was run. "
+            "The checkpoints softgrpo writes hold nothing else: this file was written by other "
+            "code (or by an older softgrpo), or tampered with.") from None
 
 
 def size_estimate(model: torch.nn.Module, optimizer_slots: int = 2) -> int:

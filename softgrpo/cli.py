@@ -2,7 +2,8 @@
 
     softgrpo train [--config NAME|FILE] [--resume] [--key value | --set key=value ...]
     softgrpo eval  [--model RUN|CHECKPOINT|PATH|HUB_ID] [--config NAME|FILE] [--samples N]
-                   [--k 1,8,32] [--mode soft|discrete] [--output FILE] [--key value ...]
+                   [--k 1,4,16,32] [--mode discrete,soft,soft-no-noise,greedy]
+                   [--output FILE] [--key value ...]
     softgrpo plot  OUTPUT_DIR
 
 ``softgrpo train`` with neither --config nor --model runs the built-in default (the shipped
@@ -29,19 +30,21 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy with SofT-GRPO or GRPO",
                            epilog="any other --key value (or --set key=value) sets a TrainConfig "
                                   "field, e.g. --algorithm grpo --steps 50 --lr 1e-5")
-    train.add_argument("--config", help="shipped config name (default, r1-distill-qwen-1.5b) "
+    train.add_argument("--config", help="shipped config name (default, mnns, r1-distill-qwen-1.5b) "
                                         "or a YAML file")
     train.add_argument("--resume", action="store_true",
                        help="continue from output_dir's latest checkpoint")
-    ev = sub.add_parser("eval", help="Pass@1 / Pass@k of a model or checkpoint",
+    ev = sub.add_parser("eval", help="Pass@k of a model or checkpoint in each decoding mode",
                         epilog="any other --key value sets a TrainConfig field (rollout settings, "
                                "dataset, eval_dataset, eval_problems, temperature, seed, ...)")
     ev.add_argument("--config", help="shipped config name or YAML file (default: the "
                                      "checkpoint's own config)")
     ev.add_argument("--samples", type=int, help="samples per problem (eval_samples)")
-    ev.add_argument("--k", help="comma-separated k values for Pass@k (default 1,samples)")
-    ev.add_argument("--mode", choices=("soft", "discrete"),
-                    help="decoding (default: soft for softgrpo runs, discrete for grpo)")
+    ev.add_argument("--k", help="comma-separated k values for Pass@k (eval_ks; default 1, 4, "
+                                "16, 32 up to the samples)")
+    ev.add_argument("--mode", help="comma-separated decoding modes from discrete, soft, "
+                                   "soft-no-noise, greedy (default: the config's eval_modes, "
+                                   "the run's own first)")
     ev.add_argument("--output", help="JSON file for the results (default "
                                      "<model dir>/eval.json, or ./eval.json for a hub id)")
     pl = sub.add_parser("plot", help="draw reward and thinking length against step")
@@ -82,12 +85,14 @@ def _eval(args, rest: list[str]) -> None:
         reward_function,
         rollout_backend,
     )
-    from softgrpo.config import BUILTIN_TASK, load_config, parse_overrides
-    from softgrpo.evaluate import evaluate, table
+    from softgrpo.config import BUILTIN_TASKS, load_config, parse_overrides
+    from softgrpo.evaluate import evaluate_modes, table
 
     overrides = parse_overrides(rest)
-    if args.samples is not None:
-        overrides["eval_samples"] = args.samples
+    for key, value in (("eval_samples", args.samples), ("eval_ks", args.k),
+                       ("eval_modes", args.mode)):
+        if value is not None:
+            overrides[key] = value
     target = overrides.pop("model", None)
     if target is None:
         raise ValueError("softgrpo eval needs --model (a run's output_dir, a checkpoint, a "
@@ -103,7 +108,7 @@ def _eval(args, rest: list[str]) -> None:
         cfg = load_config(args.config, {"model": str(model_path), **overrides})
     else:
         cfg = load_config(None, overrides, base=saved)
-    if cfg.dataset != BUILTIN_TASK and cfg.eval_dataset is None:
+    if cfg.dataset not in BUILTIN_TASKS and cfg.eval_dataset is None:
         cfg.eval_dataset = cfg.dataset  # a plain dataset file is evaluated whole
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -114,21 +119,20 @@ def _eval(args, rest: list[str]) -> None:
     _, held_out = problems(cfg, tokenizer)
     if not held_out:
         raise ValueError("nothing to evaluate: pass --dataset or --eval_dataset")
-    ks = [int(k) for k in args.k.split(",")] if args.k else None
-    config = cfg.eval_config(mode=args.mode)
+    modes = ([m.strip() for m in args.mode.split(",")] if args.mode
+             else cfg.eval_mode_list())
     backend = rollout_backend(cfg.backend, model, tokenizer, progress=cfg.progress)
     with torch.no_grad(), autocast(device, dtype):
-        result = evaluate(backend, held_out, RewardScorer(reward_function(cfg.reward)), config,
-                          samples=cfg.eval_samples, ks=ks,
-                          think_end=tokenizer.encode(cfg.think_end, add_special_tokens=False),
-                          batch_size=cfg.prompts_per_step * cfg.group_size,
-                          progress=cfg.progress)
-    result["model"] = str(target)
-    print(table({str(target): result}))
+        results = evaluate_modes(
+            backend, held_out, RewardScorer(reward_function(cfg.reward)), cfg, modes,
+            think_end=tokenizer.encode(cfg.think_end, add_special_tokens=False),
+            progress=cfg.progress)
+    print(f"{target}: {len(held_out)} problems x {cfg.eval_samples} samples")
+    print(table(results, "mode"))
     local = Path(str(model_path)).is_dir()
     output = Path(args.output) if args.output else (
         (ckpt or Path(str(model_path))) / "eval.json" if local else Path("eval.json"))
-    output.write_text(json.dumps(result, indent=2))
+    output.write_text(json.dumps({"model": str(target), "modes": results}, indent=2))
     print(f"saved {output}")
 
 

@@ -8,6 +8,8 @@ import importlib
 import importlib.util
 import json
 import math
+import random
+import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +18,20 @@ from pathlib import Path
 import torch
 
 from softgrpo import rewards
-from softgrpo.config import BUILTIN_TASK, TrainConfig
+from softgrpo.config import BUILTIN_TASKS, TrainConfig
 from softgrpo.rollout import RolloutBackend
-from softgrpo.tasks import Problem, load_problems, prompt_text, running_sum_task, running_sum_words
+from softgrpo.tasks import (
+    Problem,
+    load_problems,
+    mnns_solution,
+    mnns_targets,
+    mnns_task,
+    mnns_words,
+    prompt_text,
+    running_sum_solution,
+    running_sum_task,
+    running_sum_words,
+)
 
 RewardFn = Callable[[str, str], float]
 
@@ -65,6 +78,57 @@ def _import(spec: str, what: str) -> object:
 
 
 # ---- models ----------------------------------------------------------------------------------
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (HF_HUB_OFFLINE, or a TCP
+    connection to its endpoint failing within 5 s), or None when it can."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError as err:
+        return f"{url.hostname}:{port}: {err.strerror or err}"
+    return None
+
+
+def check_model_source(path: str | Path) -> None:
+    """Fail fast, with a message that says so, when ``path`` is neither a local model
+    directory nor a hub id that can be loaded (instead of transformers' retries and a hub
+    error for what was meant as a local directory).
+
+    Raises:
+        FileNotFoundError: ``path`` is a file; or no such directory exists and ``path`` is
+            not a hub id ("org/name"); or it is one, is not in the local hub cache, and the
+            hub cannot be reached (the message says why).
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return
+    if local.exists():
+        raise FileNotFoundError(f"model {text!r} is a file, not a model directory")
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise FileNotFoundError(f"no such local directory: {text!r} (and not a Hugging Face "
+                                "hub id, which looks like 'org/name')") from None
+    if isinstance(try_to_load_from_cache(text, "config.json"), str):
+        return
+    reason = _hub_unreachable()
+    if reason is not None:
+        raise FileNotFoundError(
+            f"no such local directory: {text!r}; as a hub id it is not in the local Hugging "
+            f"Face cache, and the hub ({constants.ENDPOINT}) cannot be reached ({reason})")
+
+
 def load_tokenizer(path: str | Path):
     """AutoTokenizer, except for a plain `tokenizers` tokenizer saved by
     PreTrainedTokenizerFast (the tiny model's): AutoTokenizer in transformers 5 would rebuild
@@ -82,9 +146,11 @@ def load_pretrained(path: str | Path, device: torch.device, *, trainable: bool,
                     dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False):
     """(model, tokenizer) from a local directory or hub id. Trainable models keep float32
     weights; a frozen one (the reference) is stored in ``dtype`` without gradients. A
-    tokenizer without a pad token gets its EOS token as pad."""
+    tokenizer without a pad token gets its EOS token as pad. Raises FileNotFoundError for a
+    path that is neither a local directory nor a reachable hub id (check_model_source)."""
     from transformers import AutoModelForCausalLM
 
+    check_model_source(path)
     tokenizer = load_tokenizer(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -101,7 +167,9 @@ def tiny_policy(cfg: TrainConfig):
     """(model, tokenizer) of the built-in tiny model, freshly initialised from cfg.seed."""
     from softgrpo.tiny import build_model, build_tokenizer
 
-    tokenizer = build_tokenizer(running_sum_words(cfg.task_max_value))
+    words = (mnns_words(cfg.task_digits, cfg.task_digit_range[1]) if cfg.dataset == "mnns"
+             else running_sum_words(cfg.task_max_value))
+    tokenizer = build_tokenizer(words)
     model = build_model(tokenizer, hidden_size=cfg.tiny_hidden_size, layers=cfg.tiny_layers,
                         heads=cfg.tiny_heads, seed=cfg.seed)
     return model, tokenizer
@@ -112,7 +180,10 @@ def problems(cfg: TrainConfig, tokenizer) -> tuple[list[Problem], list[Problem]]
     """(train, held_out) as the model sees them: the built-in task's split, or the dataset
     files with the chat template applied (when set) and prompts over max_prompt_length tokens
     dropped (the count is reported with a warning)."""
-    if cfg.dataset == BUILTIN_TASK:
+    if cfg.dataset == "mnns":
+        train, held_out = mnns_task(cfg.seed, cfg.task_train_size, cfg.task_eval_size,
+                                    cfg.task_digits, *cfg.task_digit_range)
+    elif cfg.dataset in BUILTIN_TASKS:
         train, held_out = running_sum_task(cfg.seed, cfg.task_train_size, cfg.task_eval_size,
                                            cfg.task_steps, cfg.task_max_value)
     else:
@@ -123,6 +194,17 @@ def problems(cfg: TrainConfig, tokenizer) -> tuple[list[Problem], list[Problem]]
     if cfg.eval_problems is not None:
         held_out = held_out[:cfg.eval_problems]
     return _fit(cfg, tokenizer, train, "dataset"), _fit(cfg, tokenizer, held_out, "eval_dataset")
+
+
+def teacher(cfg: TrainConfig) -> Callable[[Problem, random.Random], str | list[dict]]:
+    """The warm start's target of a built-in task's problem, ``fn(problem, rng)``: the
+    running-sum solution with cfg.warm_start_skip; for mnns, "path" (one optimal sign
+    choice, drawn per use) or "distribution" (the reachable partial sums per step)."""
+    if cfg.dataset != "mnns":
+        return lambda p, rng: running_sum_solution(p.prompt, rng, cfg.warm_start_skip)
+    if cfg.warm_start_teacher == "distribution":
+        return lambda p, rng: mnns_targets(p.prompt)
+    return lambda p, rng: mnns_solution(p.prompt, rng)
 
 
 def _fit(cfg: TrainConfig, tokenizer, items: list[Problem], name: str) -> list[Problem]:

@@ -4,8 +4,9 @@ line (``--set key=value`` or ``--key value``), validated with messages that name
 
 The built-in default run (``softgrpo train`` with no arguments) is the shipped YAML
 ``softgrpo/configs/default.yaml``: the synthetic task on a tiny local model, with its own
-(much larger) learning rate and small batches. ``configs/r1-distill-qwen-1.5b.yaml`` is the
-authors' DeepSeek-R1-Distill-Qwen-1.5B recipe.
+(much larger) learning rate and small batches. ``configs/mnns.yaml`` is the same on the
+mnns search task; ``configs/r1-distill-qwen-1.5b.yaml`` is the authors'
+DeepSeek-R1-Distill-Qwen-1.5B recipe.
 """
 
 from __future__ import annotations
@@ -26,10 +27,18 @@ from softgrpo.rollout import SoftThinkingConfig
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_MODEL = "tiny"
 BUILTIN_TASK = "running-sum"
+BUILTIN_TASKS = (BUILTIN_TASK, "mnns")  # the synthetic tasks (softgrpo.tasks)
+TEACHERS = ("path", "distribution")  # warm-start teachers of the built-in tasks
+# evaluation decoding modes (eval_config): "discrete" sampling, "soft" thinking with Gumbel
+# noise (as SofT-GRPO trains), "soft-no-noise" (noise_scale 0: Soft Thinking's original
+# deterministic mix, then sampled answers), "greedy" (temperature 0: argmax tokens)
+EVAL_MODES = ("discrete", "soft", "soft-no-noise", "greedy")
+EVAL_KS = (1, 4, 16, 32)  # the paper's Pass@k (those <= eval_samples)
 ALGORITHMS = {"softgrpo": "soft", "grpo": "discrete"}  # algorithm -> rollout mode
 # settings that may differ between a checkpoint and the run that resumes it
 RESUMABLE_CHANGES = ("steps", "save_every", "keep_checkpoints", "eval_every", "output_dir",
-                     "log_every", "progress", "device", "backend", "threads")
+                     "log_every", "progress", "device", "backend", "threads", "eval_batch_size",
+                     "warm_start_cache")
 
 
 @dataclass
@@ -38,7 +47,7 @@ class TrainConfig:
 
     # -- what to train ---------------------------------------------------------------------
     model: str = BUILTIN_MODEL  # "tiny" (built locally + warm start), a local path or hub id
-    dataset: str = BUILTIN_TASK  # "running-sum" (synthetic) or a .jsonl / .parquet file
+    dataset: str = BUILTIN_TASK  # "running-sum" or "mnns" (synthetic), or a .jsonl / .parquet
     eval_dataset: str | None = None  # held-out file; None: the task's held-out split (if any)
     prompt_column: str = "prompt"
     answer_column: str = "answer"  # dotted for nested fields: "reward_model.ground_truth"
@@ -86,11 +95,16 @@ class TrainConfig:
     noise_clamp: tuple[float, float] | None = (-1.5, 3.0)
     think_end: str = "</think>"
 
-    # -- evaluation (held-out Pass@1 before training, every eval_every steps, at the end) -----
-    eval_every: int = 0  # 0: only before and after training
+    # -- evaluation (held-out Pass@k before training, every eval_every steps, at the end) -----
+    eval_every: int = 0  # 0: only before and after training (in-between: the training mode)
     eval_samples: int = 32  # samples per problem
+    eval_ks: str | None = None  # comma-separated k of Pass@k; None: 1, 4, 16, 32 (<= samples)
+    # decoding modes before and after training (comma-separated, from EVAL_MODES); the
+    # algorithm's own ("soft" for softgrpo, "discrete" for grpo) is always evaluated
+    eval_modes: str = ",".join(EVAL_MODES)
     eval_problems: int | None = None  # evaluate on the first N held-out problems only
     eval_temperature: float | None = None  # None: the rollout temperature
+    eval_batch_size: int | None = None  # sequences per rollout; None: prompts x group size
 
     # -- runtime -----------------------------------------------------------------------------
     seed: int = 0
@@ -104,18 +118,27 @@ class TrainConfig:
     progress: bool = True  # tqdm bars for rollouts and updates
     min_free_disk_gb: float | None = None  # None: twice the estimated checkpoint size
 
-    # -- the built-in task and tiny model (model "tiny", dataset "running-sum") --------------
+    # -- the built-in tasks and tiny model (model "tiny", dataset "running-sum" or "mnns") ---
     task_train_size: int = 20000
     task_eval_size: int = 200
-    task_steps: int = 3  # "+ d" / "- d" operations per problem
-    task_max_value: int = 30
+    task_steps: int = 3  # running-sum: "+ d" / "- d" operations per problem
+    task_max_value: int = 30  # running-sum: the running value stays in [0, max_value]
+    task_digits: int = 4  # mnns: digits per problem (3 to 6)
+    task_digit_range: tuple[int, int] = (1, 9)  # mnns: the digits' range [low, high]
     tiny_hidden_size: int = 128
     tiny_layers: int = 2
     tiny_heads: int = 4
     warm_start_steps: int = 200
-    warm_start_skip: float = 0.0  # the teacher leaves out an intermediate value this often
+    # "path": one worked solution per problem; "distribution" (mnns only): CoT2's continuous
+    # supervision, every thinking step a distribution over the reachable partial sums, fed
+    # back as its soft embedding
+    warm_start_teacher: str = "path"
+    warm_start_skip: float = 0.0  # running-sum: the teacher leaves out a value this often
     warm_start_lr: float = 3e-3
     warm_start_batch_size: int = 64
+    # a directory shared by runs: the warm-started tiny model is kept there under a key of
+    # every setting it depends on and reused by later runs (None: each run warm-starts)
+    warm_start_cache: str | None = None
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -133,6 +156,9 @@ class TrainConfig:
         one_of("kl_kind", KL_KINDS)
         one_of("loss_agg", AGG_MODES)
         one_of("dtype", ("auto", "float32", "bfloat16", "float16"))
+        one_of("warm_start_teacher", TEACHERS)
+        self.eval_mode_list()
+        self.eval_k_list()
         if self.reward not in ("math", "exact") and ":" not in self.reward:
             raise ValueError(f"reward must be 'math', 'exact' or 'module:function', got "
                              f"{self.reward!r}")
@@ -146,8 +172,9 @@ class TrainConfig:
                      "warm_start_steps"):
             _checks.integer(name, getattr(self, name), 0)
         _checks.integer("seed", self.seed, 0, 2**32 - 1)
-        if self.eval_problems is not None:
-            _checks.integer("eval_problems", self.eval_problems, 1)
+        for name in ("eval_problems", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                _checks.integer(name, getattr(self, name), 1)
         for name in ("lr", "warm_start_lr", "grad_clip"):
             _checks.real(name, getattr(self, name), low=0.0, low_open=True)
         for name in ("weight_decay", "kl_coef"):
@@ -161,11 +188,23 @@ class TrainConfig:
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of "
                              f"mini_batch_prompts ({self.mini_batch_prompts})")
-        if self.model == BUILTIN_MODEL and self.dataset != BUILTIN_TASK:
-            raise ValueError(f"model 'tiny' only knows the built-in task; with dataset "
-                             f"{self.dataset!r} pass --model <path or hub id>")
-        if self.dataset == BUILTIN_TASK and self.task_eval_size == 0 and self.eval_dataset is None:
-            raise ValueError("task_eval_size must be >= 1 for the built-in task (held-out split)")
+        if self.model == BUILTIN_MODEL and self.dataset not in BUILTIN_TASKS:
+            raise ValueError(f"model 'tiny' only knows the built-in tasks {list(BUILTIN_TASKS)}"
+                             f"; with dataset {self.dataset!r} pass --model <path or hub id>")
+        if (self.dataset in BUILTIN_TASKS and self.task_eval_size == 0
+                and self.eval_dataset is None):
+            raise ValueError("task_eval_size must be >= 1 for a built-in task (held-out split)")
+        if self.warm_start_teacher == "distribution" and self.dataset != "mnns":
+            raise ValueError("warm_start_teacher 'distribution' is defined for the mnns task "
+                             f"only (dataset {self.dataset!r}); use 'path'")
+        if self.warm_start_skip and self.dataset != BUILTIN_TASK:
+            raise ValueError(f"warm_start_skip is a running-sum teacher's setting; set it to 0 "
+                             f"for dataset {self.dataset!r} (the shipped config 'mnns' is "
+                             "set up for that task: --config mnns)")
+        _checks.integer("task_digits", self.task_digits, 3, 6)
+        low, high = self.task_digit_range
+        _checks.integer("task_digit_range[0]", low, 0, 8)
+        _checks.integer("task_digit_range[1]", high, low + 1, 9)
         self.rollout_config()  # SoftThinkingConfig validates the rollout settings
 
     @property
@@ -185,11 +224,45 @@ class TrainConfig:
             max_thinking_tokens=self.max_thinking_tokens,
             seed=self.seed if seed is None else seed, mode=mode or self.mode)
 
+    def eval_mode_list(self) -> list[str]:
+        """The decoding modes evaluated before and after training: the algorithm's own
+        first, then the others of eval_modes in their order."""
+        modes = [m.strip() for m in self.eval_modes.split(",") if m.strip()]
+        for m in modes:
+            if m not in EVAL_MODES:
+                raise ValueError(f"eval_modes must be comma-separated names from "
+                                 f"{list(EVAL_MODES)}, got {m!r}")
+        return list(dict.fromkeys([self.mode, *modes]))
+
+    def eval_k_list(self) -> list[int]:
+        """The k of Pass@k: eval_ks, or those of 1, 4, 16, 32 within eval_samples and
+        eval_samples itself."""
+        if self.eval_ks is None:
+            return sorted({*(k for k in EVAL_KS if k <= self.eval_samples), self.eval_samples})
+        try:
+            ks = sorted({int(k) for k in self.eval_ks.split(",")})
+        except ValueError:
+            raise ValueError(f"eval_ks must be comma-separated integers, got "
+                             f"{self.eval_ks!r}") from None
+        if not ks or ks[0] < 1 or ks[-1] > self.eval_samples:
+            raise ValueError(f"every k of eval_ks must lie in [1, eval_samples="
+                             f"{self.eval_samples}], got {self.eval_ks!r}")
+        return ks
+
     def eval_config(self, mode: str | None = None) -> SoftThinkingConfig:
-        """The rollout settings of an evaluation: eval_temperature, and a noise seed of its
-        own (seed + 1), the same before, during and after training (paired comparisons)."""
-        return self.rollout_config(mode=mode, temperature=self.eval_temperature,
-                                   seed=(self.seed + 1) % 2**32)
+        """The rollout settings of an evaluation in decoding ``mode`` (EVAL_MODES, or the
+        rollout modes "soft" / "discrete"; None: the algorithm's own): eval_temperature
+        ("greedy": 0; "soft-no-noise": noise_scale 0), and a noise seed of its own
+        (seed + 1), the same before, during and after training (paired comparisons)."""
+        mode = mode or self.mode
+        if mode not in EVAL_MODES:
+            raise ValueError(f"mode must be one of {list(EVAL_MODES)}, got {mode!r}")
+        config = self.rollout_config(mode="soft" if mode.startswith("soft") else "discrete",
+                                     temperature=self.eval_temperature,
+                                     seed=(self.seed + 1) % 2**32)
+        if mode == "soft-no-noise":
+            return config.replace(noise_scale=0.0)
+        return config.replace(temperature=0.0) if mode == "greedy" else config
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -262,7 +335,7 @@ def _check_keys(keys, source: str) -> None:
 
 
 def config_path(name: str) -> Path:
-    """A shipped config by name ("default", "r1-distill-qwen-1.5b") or a YAML file path."""
+    """A shipped config by name ("default", "mnns", "r1-distill-qwen-1.5b") or a YAML file path."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():

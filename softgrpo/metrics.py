@@ -114,8 +114,8 @@ def step_line(step: int, steps: int, record: dict) -> str:
 
 
 def plot(output_dir: str | Path) -> Path:
-    """Draw reward (and held-out Pass@1) and thinking length against step into
-    <output_dir>/training.png (written atomically); returns its path.
+    """Draw reward (and held-out Pass@1, one line per decoding mode) and thinking length
+    against step into <output_dir>/training.png (written atomically); returns its path.
 
     Raises:
         FileNotFoundError: the run has no metrics yet. ImportError: matplotlib is missing.
@@ -132,9 +132,10 @@ def plot(output_dir: str | Path) -> Path:
         raise FileNotFoundError(f"no metrics in {str(Path(output_dir) / METRICS_FILE)!r}")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     top.plot([r["step"] for r in train], [r["reward_mean"] for r in train], label="reward mean")
-    if evals:
-        top.plot([r["step"] for r in evals], [r["pass@1"] for r in evals], "o-",
-                 label="held-out Pass@1")
+    for mode in dict.fromkeys(r.get("mode") for r in evals):  # one line per decoding mode
+        points = [r for r in evals if r.get("mode") == mode]
+        top.plot([r["step"] for r in points], [r["pass@1"] for r in points], "o-",
+                 label=f"held-out Pass@1 ({mode})")
     top.set_ylabel("reward")
     top.legend()
     bottom.plot([r["step"] for r in train], [r["thinking_length"] for r in train],

@@ -1,7 +1,9 @@
-"""Problems for the trainer: the built-in synthetic task and user datasets.
+"""Problems for the trainer: the built-in synthetic tasks and user datasets.
 
-A :class:`Problem` is a prompt, its reference answer, and (for the synthetic task) a worked
-solution used only by the supervised warm start.
+A :class:`Problem` is a prompt, its reference answer, and (for the synthetic tasks) a worked
+solution used only by the supervised warm start. Two built-in tasks: "running sum" (below)
+and "mnns", CoT2's minimum non-negative sum (arXiv 2505.23648), a search task where a soft
+step can carry several partial states at once (see the mnns section).
 
 The synthetic task ("running sum") is multi-step integer arithmetic that a tiny model can
 learn on a CPU in minutes. A problem is a start value and a few "+ d" / "- d" steps with
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +104,132 @@ def running_sum_task(seed: int, train_size: int, eval_size: int, steps: int = 3,
                 return problems[eval_size:], problems[:eval_size]
     raise ValueError(f"the running-sum task with steps={steps}, max_value={max_value} has "
                      f"fewer than train_size + eval_size = {wanted} distinct problems")
+
+
+# ---- the minimum non-negative sum task (CoT2, arXiv 2505.23648) ------------------------------
+# A problem is n digits d_1 .. d_n. Starting from 0, each digit is added or subtracted; the
+# answer is the smallest non-negative final value over the 2^n sign choices. The reachable
+# set is symmetric (flip every sign), so the answer is also min |final value|. A solution
+# writes the partial sums after the first n - 1 signs of one optimal sign choice, then the
+# answer (the n-th partial sum)::
+#
+#     prompt:   "3 5 2 7 <think>"
+#     solution: "-3 -8 -6 </think> \\boxed{ 1 }"       (-3 -5 +2 +7 = 1)
+#     answer:   "1"
+#
+# Finding an optimal choice is a search over 2^n paths: a discrete thought commits to one
+# partial sum per step, a soft thought can weigh several (CoT2's argument for continuous
+# thoughts). The "distribution" teacher (mnns_targets) writes, at step t, the distribution
+# over every partial sum reachable after t signs (each of the 2^t sign choices counted once,
+# CoT2's continuous supervision).
+def mnns_words(digits: int, high: int) -> list[str]:
+    """Every word the mnns task with ``digits`` digits of at most ``high`` writes."""
+    bound = digits * high
+    return ["<think>", "</think>", "\\boxed{", "}", *(str(v) for v in range(-bound, bound + 1))]
+
+
+def mnns_digits(prompt: str) -> list[int]:
+    """The digits of an mnns prompt ("3 5 2 7 <think>" -> [3, 5, 2, 7])."""
+    return [int(w) for w in prompt.removesuffix(" <think>").split()]
+
+
+def mnns_partial_sums(digits: list[int]) -> list[list[int]]:
+    """sums[t][j]: the partial sum after t + 1 signs of sign choice j, for all 2^(t+1)
+    choices (bit i of j, from the most significant, is 1 when digit i is subtracted)."""
+    out, level = [], [0]
+    for d in digits:
+        level = [s + sign * d for s in level for sign in (1, -1)]
+        out.append(level)
+    return out
+
+
+def mnns_answer(digits: list[int]) -> int:
+    """The smallest non-negative reachable final value (= the smallest |final value|)."""
+    return min(abs(s) for s in mnns_partial_sums(digits)[-1])
+
+
+def mnns_optimal_paths(digits: list[int]) -> list[list[int]]:
+    """The partial sums (after 1 .. n signs) of every optimal sign choice."""
+    sums = mnns_partial_sums(digits)
+    answer = min(abs(s) for s in sums[-1])
+    n = len(digits)
+    return [[sums[t][j >> (n - 1 - t)] for t in range(n)]
+            for j, final in enumerate(sums[-1]) if final == answer]
+
+
+def mnns_solution(prompt: str, rng: random.Random | None = None) -> str:
+    """The "path" teacher: the first n - 1 partial sums of one optimal sign choice (drawn with
+    ``rng``; the first in sign order without it), then the boxed answer."""
+    paths = mnns_optimal_paths(mnns_digits(prompt))
+    path = rng.choice(paths) if rng is not None else paths[0]
+    return " ".join(map(str, path[:-1])) + f" </think> \\boxed{{ {path[-1]} }}"
+
+
+def mnns_targets(prompt: str) -> list[dict[str, float]]:
+    """The "distribution" teacher: one {word: probability} per response word. Thinking step t
+    (t = 1 .. n - 1) is the distribution of the partial sum after t signs over all 2^t sign
+    choices; then "</think> \\boxed{ answer }", one word each."""
+    digits = mnns_digits(prompt)
+    steps = []
+    for level in mnns_partial_sums(digits)[:-1]:
+        counts = Counter(level)
+        steps.append({str(v): c / len(level) for v, c in sorted(counts.items())})
+    hard = f"</think> \\boxed{{ {mnns_answer(digits)} }}".split()
+    return steps + [{word: 1.0} for word in hard]
+
+
+def mnns_task(seed: int, train_size: int, eval_size: int, digits: int = 4, low: int = 1,
+              high: int = 9) -> tuple[list[Problem], list[Problem]]:
+    """(train, held_out) mnns problems of ``digits`` digits in [low, high] from ``seed``.
+
+    Held-out problems are disjoint from training ones as multisets: no training problem is
+    a reordering of a held-out one (the answer depends only on the multiset), as in CoT2's
+    permutation split. Training problems are distinct digit sequences.
+
+    Raises:
+        ValueError: sizes or ranges out of bounds (digits in [3, 6], 0 <= low < high <= 9),
+            or more problems asked than the split can give.
+    """
+    _checks.integer("train_size", train_size, 1)
+    _checks.integer("eval_size", eval_size, 0)
+    _checks.integer("digits", digits, 3, 6)
+    _checks.integer("low", low, 0, 8)
+    _checks.integer("high", high, low + 1, 9)
+    rng = random.Random(seed)
+
+    def draw(count: int, keep, what: str) -> list[tuple[int, ...]]:
+        out: list[tuple[int, ...]] = []
+        # the problem space is finite: give up after many draws rather than loop forever
+        for _ in range(50 * count):
+            if len(out) == count:
+                return out
+            seq = tuple(rng.randint(low, high) for _ in range(digits))
+            if keep(seq):
+                out.append(seq)
+        if len(out) == count:
+            return out
+        raise ValueError(f"the mnns task with digits={digits}, digit range [{low}, {high}] "
+                         f"gave fewer than {count} {what} problems")
+
+    held_keys: set[tuple[int, ...]] = set()
+    held = draw(eval_size, lambda s: _new(held_keys, tuple(sorted(s))), "held-out")
+    seen: set[tuple[int, ...]] = set()
+    train = draw(train_size, lambda s: tuple(sorted(s)) not in held_keys and _new(seen, s),
+                 "training")
+
+    def problem(seq: tuple[int, ...]) -> Problem:
+        prompt = " ".join(map(str, seq)) + " <think>"
+        return Problem(prompt, str(mnns_answer(list(seq))), mnns_solution(prompt))
+
+    return [problem(s) for s in train], [problem(s) for s in held]
+
+
+def _new(seen: set, key: object) -> bool:
+    """Add key to seen; whether it was not there yet."""
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 # ---- user datasets ---------------------------------------------------------------------------

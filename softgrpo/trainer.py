@@ -17,7 +17,11 @@ optimizer, scheduler, data position and RNG states; a resumed run continues bit 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,18 +39,20 @@ from softgrpo.components import (
     problems,
     reward_function,
     rollout_backend,
+    teacher,
     tiny_policy,
 )
 from softgrpo.config import BUILTIN_MODEL, RESUMABLE_CHANGES, TrainConfig
-from softgrpo.evaluate import evaluate
+from softgrpo.evaluate import evaluate_modes, table
 from softgrpo.loss import grpo_advantages, softgrpo_loss
 from softgrpo.metrics import RunLog, plot, step_line, thinking_lengths
 from softgrpo.rollout import Rollout, select
-from softgrpo.tasks import PromptSampler, running_sum_solution
+from softgrpo.tasks import Problem, PromptSampler
 from softgrpo.tiny import warm_start
 
 INITIAL_DIR = "initial_policy"  # the tiny model after its warm start (the KL reference)
 SUMMARY_FILE = "summary.json"
+WARM_START_FILE = "warm_start.json"  # in INITIAL_DIR: the warm start's settings and losses
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
@@ -93,17 +99,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     checkpoint.check_writable(out, int(need))  # before any training
     train_set, held_out = problems(cfg, tokenizer)
     if previous is None and cfg.model == BUILTIN_MODEL:
-        # a teacher that skips intermediate values (when warm_start_skip > 0): the model
-        # learns to take shortcuts that often fail, which leaves RL room to improve Pass@1
-        losses = warm_start(model, tokenizer, train_set, steps=cfg.warm_start_steps,
-                            batch_size=cfg.warm_start_batch_size, lr=cfg.warm_start_lr,
-                            seed=cfg.seed, solution=lambda p, rng: running_sum_solution(
-                                p.prompt, rng, cfg.warm_start_skip))
-        print(f"warm start: {len(losses)} supervised steps, loss "
-              f"{losses[0] if losses else float('nan'):.3f} -> "
-              f"{losses[-1] if losses else float('nan'):.3f}")
-        model.save_pretrained(out / INITIAL_DIR)
-        tokenizer.save_pretrained(out / INITIAL_DIR)
+        print(_warm_start(cfg, model, tokenizer, train_set, out / INITIAL_DIR))
+        # computed or reused, every run continues from the saved copy: the same weights
+        model, tokenizer = load_pretrained(out / INITIAL_DIR, device, trainable=True,
+                                           gradient_checkpointing=cfg.gradient_checkpointing)
     initial = out / INITIAL_DIR if cfg.model == BUILTIN_MODEL else cfg.model
     reference = None
     if cfg.kl_coef > 0:  # the KL anchor: the initial policy, frozen, in the compute dtype
@@ -114,7 +113,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     backend = rollout_backend(cfg.backend, model, tokenizer, progress=cfg.progress)
     rollout_cfg = cfg.rollout_config()
     think_end = tokenizer.encode(cfg.think_end, add_special_tokens=False)
-    eval_cfg = cfg.eval_config()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(cfg.lr_warmup_steps, 1)
@@ -130,21 +128,22 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     log = RunLog(out, start_step)
     cfg.save_yaml(out / "config.yaml")
 
-    def run_eval(step: int) -> dict | None:
+    def run_eval(step: int, modes: list[str]) -> dict | None:
+        """{mode: result} on the held-out problems, each result logged as an eval record."""
         if not held_out:
             return None
         with autocast(device, dtype):
-            result = evaluate(backend, held_out, scorer, eval_cfg, samples=cfg.eval_samples,
-                              think_end=think_end,
-                              batch_size=cfg.prompts_per_step * cfg.group_size,
-                              progress=cfg.progress)
-        log.log(step, result, kind="eval")
-        print(f"eval step {step}: Pass@1 {result['pass@1']:.4f}, "
-              f"Pass@{cfg.eval_samples} {result[f'pass@{cfg.eval_samples}']:.4f} "
-              f"({result['problems']} problems x {cfg.eval_samples} samples, {eval_cfg.mode})")
-        return result
+            results = evaluate_modes(backend, held_out, scorer, cfg, modes, think_end=think_end,
+                                     progress=cfg.progress)
+        for result in results.values():
+            log.log(step, result, kind="eval")
+        tqdm.write(f"eval step {step} ({len(held_out)} problems x {cfg.eval_samples} "
+                   f"samples):\n{table(results, 'mode')}")
+        return results
 
-    first_eval = state.get("first_eval") if previous is not None else run_eval(0)
+    all_modes = cfg.eval_mode_list()  # before and after training; in between: cfg.mode
+    first_eval = (state.get("first_eval") if previous is not None
+                  else run_eval(0, all_modes))
     group, batch = cfg.group_size, cfg.prompts_per_step * cfg.group_size
     updates_per_step = cfg.ppo_epochs * (cfg.prompts_per_step // cfg.mini_batch_prompts)
     micro_per_update = -(-cfg.mini_batch_prompts * group // cfg.micro_batch_size)  # ceil
@@ -225,12 +224,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             _save(ckpt_root, step, model, tokenizer, optimizer, scheduler, sampler, cfg,
                   first_eval)
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            run_eval(step)
+            run_eval(step, [cfg.mode])
 
-    last_eval = run_eval(cfg.steps)
+    last_eval = run_eval(cfg.steps, all_modes)
     log.close()
     summary = {"algorithm": cfg.algorithm, "seed": cfg.seed, "steps": cfg.steps,
-               "resumed_from_step": start_step,
+               "resumed_from_step": start_step, "eval_mode": cfg.mode,
                "first_eval": first_eval, "final_eval": last_eval, "last_step": record,
                "wall_time_s": time.perf_counter() - started}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
@@ -239,9 +238,51 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     except ImportError:
         print("plot skipped: matplotlib is not installed")
     if first_eval and last_eval:
-        print(f"held-out Pass@1: {first_eval['pass@1']:.4f} before -> "
-              f"{last_eval['pass@1']:.4f} after ({cfg.algorithm}, seed {cfg.seed})")
+        print(f"held-out Pass@1 ({cfg.mode} decoding): {first_eval[cfg.mode]['pass@1']:.4f} "
+              f"before -> {last_eval[cfg.mode]['pass@1']:.4f} after ({cfg.algorithm}, "
+              f"seed {cfg.seed})")
     return summary
+
+
+def _warm_start(cfg: TrainConfig, model, tokenizer, train_set: list[Problem],
+                dest: Path) -> str:
+    """Warm-start the tiny model with the task's teacher and save it (and its tokenizer and
+    WARM_START_FILE) to ``dest``; with cfg.warm_start_cache, reuse the copy stored there for
+    the same settings, or store this one. Returns the line to print."""
+    # every setting the warm start depends on (max_prompt_length: which problems it sees)
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k in ("seed", "dataset", "max_prompt_length") or (
+                    k.startswith(("task_", "tiny_", "warm_start_")) and k != "warm_start_cache")}
+    cached = None
+    if cfg.warm_start_cache is not None:
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        cached = Path(cfg.warm_start_cache) / f"{cfg.dataset}-seed{cfg.seed}-{key}"
+    if cached is not None and (cached / WARM_START_FILE).is_file():
+        shutil.copytree(cached, dest, dirs_exist_ok=True)
+        note = f" (reused {cached})"
+    else:
+        # running-sum: a teacher that skips intermediate values (warm_start_skip > 0) leaves
+        # the model shortcuts that often fail, which leaves RL room to improve Pass@1
+        losses = warm_start(model, tokenizer, train_set, steps=cfg.warm_start_steps,
+                            batch_size=cfg.warm_start_batch_size, lr=cfg.warm_start_lr,
+                            seed=cfg.seed, solution=teacher(cfg))
+        model.save_pretrained(dest)
+        tokenizer.save_pretrained(dest)
+        (dest / WARM_START_FILE).write_text(json.dumps({"settings": settings,
+                                                         "losses": losses}))
+        note = ""
+        if cached is not None:  # publish whole (rename), unless a parallel run did first
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
+            shutil.copytree(dest, tmp, dirs_exist_ok=True)
+            try:
+                os.rename(tmp, cached)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+    losses = json.loads((dest / WARM_START_FILE).read_text())["losses"]
+    first, last = (losses[0], losses[-1]) if losses else (float("nan"),) * 2
+    return (f"warm start ({cfg.warm_start_teacher} teacher): {len(losses)} supervised "
+            f"steps, loss {first:.3f} -> {last:.3f}{note}")
 
 
 @torch.no_grad()

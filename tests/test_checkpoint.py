@@ -105,3 +105,48 @@ def test_rng_state_round_trip():
     checkpoint.set_rng_state(state)
     again = (random.random(), float(np.random.rand()), torch.rand(3))
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+class _Payload:
+    """Unpickling this calls os.mkdir(path): code a tampered trainer.pt would run on load."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.path,)
+
+
+def test_rng_state_is_plain_data(tmp_path):
+    """Every RNG state (NumPy's included) loads with torch.load(weights_only=True)."""
+    torch.save(checkpoint.rng_state(), tmp_path / "rng.pt")
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)
+    np.random.rand(5)
+    checkpoint.set_rng_state(state)
+    expected = np.random.rand(3)
+    checkpoint.set_rng_state(state)
+    assert np.array_equal(np.random.rand(3), expected)
+
+
+def test_a_trainer_state_carrying_code_is_refused_and_nothing_runs(tmp_path, tiny, capsys):
+    from softgrpo.cli import main
+
+    model, tokenizer = tiny
+    marker = tmp_path / "payload-ran"
+    torch.save({"x": _Payload(marker)}, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)  # the payload is live code ...
+    assert marker.is_dir()
+    marker.rmdir()
+
+    run = tmp_path / "run"
+    path = checkpoint.save(run / "checkpoints", 1, model, tokenizer,
+                           {"step": 1, "config": {}, "rng": _Payload(marker)})
+    with pytest.raises(ValueError, match=r"refused to load .*trainer.pt.*posix.mkdir"):
+        checkpoint.load_state(path)
+    assert main(["eval", "--model", str(run)]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert main(["train", "--resume", "--output_dir", str(run)]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists()  # ... and it never ran

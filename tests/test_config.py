@@ -28,6 +28,10 @@ def test_algorithm_picks_the_rollout_mode():
 def test_shipped_configs_load():
     default = load_config("default")
     assert default.model == "tiny" and default.dataset == "running-sum"
+    mnns = load_config("mnns")
+    assert (mnns.model, mnns.dataset, mnns.warm_start_teacher) == ("tiny", "mnns",
+                                                                   "distribution")
+    assert mnns.eval_samples == 32 and mnns.eval_k_list() == [1, 4, 16, 32]
     recipe = load_config("r1-distill-qwen-1.5b")
     assert default.lr >= 100 * recipe.lr  # the tiny model's own learning rate
     assert recipe.model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -45,6 +49,24 @@ def test_yaml_file_and_overrides(tmp_path):
     assert cfg.noise_clamp == (-1.0, 2.0)
     assert (cfg.seed, cfg.group_size, cfg.chat_template, cfg.eval_problems, cfg.kl_coef) == (
         3, 4, True, None, 0.0)
+
+
+def test_evaluation_modes_and_ks():
+    cfg = TrainConfig(eval_modes="greedy,soft")
+    assert cfg.eval_mode_list() == ["soft", "greedy"]  # the algorithm's own first
+    assert TrainConfig(algorithm="grpo").eval_mode_list() == [
+        "discrete", "soft", "soft-no-noise", "greedy"]
+    assert TrainConfig(eval_samples=8).eval_k_list() == [1, 4, 8]
+    assert TrainConfig(eval_ks="32,1").eval_k_list() == [1, 32]
+    soft, quiet, discrete, greedy = (cfg.eval_config(m) for m in (
+        "soft", "soft-no-noise", "discrete", "greedy"))
+    assert (soft.mode, soft.noise_scale, soft.temperature, soft.seed) == ("soft", 1.0, 1.0, 1)
+    assert (quiet.mode, quiet.noise_scale, quiet.temperature) == ("soft", 0.0, 1.0)
+    assert (discrete.mode, discrete.temperature) == ("discrete", 1.0)
+    assert (greedy.mode, greedy.temperature) == ("discrete", 0.0)
+    assert TrainConfig(eval_temperature=0.6).eval_config("discrete").temperature == 0.6
+    with pytest.raises(ValueError, match="mode must be one of"):
+        cfg.eval_config("beam")
 
 
 def test_config_round_trips_through_yaml(tmp_path):
@@ -76,6 +98,15 @@ def test_config_round_trips_through_yaml(tmp_path):
     ({"conditional_weight": 0.5}, ValueError, "applies to likelihood 'token' only"),
     ({"likelihood": "token", "noise_clamp": "null", "conditional_weight": 2}, ValueError,
      "conditional_weight must be in"),
+    ({"eval_modes": "soft,beam"}, ValueError, "eval_modes must be comma-separated names"),
+    ({"eval_ks": "1,64"}, ValueError, r"eval_ks must lie in \[1, eval_samples=32\]"),
+    ({"eval_ks": "one"}, ValueError, "eval_ks must be comma-separated integers"),
+    ({"eval_batch_size": 0}, ValueError, "eval_batch_size must be >= 1"),
+    ({"warm_start_teacher": "oracle"}, ValueError, "warm_start_teacher must be one of"),
+    ({"warm_start_teacher": "distribution"}, ValueError, "defined for the mnns task only"),
+    ({"dataset": "mnns", "warm_start_skip": 0.4}, ValueError, "--config mnns"),
+    ({"dataset": "mnns", "task_digits": 7}, ValueError, r"task_digits must be \[3, 6\]"),
+    ({"task_digit_range": [5, 5]}, ValueError, r"task_digit_range\[1\] must be \[6, 9\]"),
 ])
 def test_bad_settings_name_the_key(overrides, error, words):
     with pytest.raises(error, match=words):

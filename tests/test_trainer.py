@@ -103,8 +103,13 @@ def test_both_algorithms_train(algorithm, soft_run, tmp_path):
     start = load_file(str(out / INITIAL_DIR / "model.safetensors"))
     final = _final_weights(out)
     assert any(not torch.equal(start[k], final[k]) for k in start)  # the policy moved
-    assert summary["first_eval"]["mode"] == ("soft" if algorithm == "softgrpo" else "discrete")
-    assert 0.0 <= summary["final_eval"]["pass@1"] <= summary["final_eval"]["pass@2"] <= 1.0
+    own = "soft" if algorithm == "softgrpo" else "discrete"
+    assert summary["eval_mode"] == own and next(iter(summary["first_eval"])) == own
+    assert set(summary["final_eval"]) == {"discrete", "soft", "soft-no-noise", "greedy"}
+    for mode, result in summary["final_eval"].items():
+        assert result["mode"] == mode and result["samples"] == (1 if mode == "greedy" else 2)
+        assert 0.0 <= result["pass@1"] <= result["pass@2"] <= 1.0
+        assert 1.0 <= result["distinct_answers"] <= result["samples"]
     assert (out / metrics.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "summary.json").read_text())["algorithm"] == algorithm
 
@@ -119,7 +124,10 @@ def test_same_seed_same_machine_writes_identical_metrics(tmp_path):
     a, b = ((tmp_path / name / metrics.METRICS_FILE).read_bytes() for name in ("a", "b"))
     assert a == b
     records = metrics.read(tmp_path / "a")
-    assert [r["kind"] for r in records].count("eval") == 3  # before, after step 1, at the end
+    evals = [(r["step"], r["mode"]) for r in records if r["kind"] == "eval"]
+    modes = ["soft", "discrete", "soft-no-noise", "greedy"]
+    # before and at the end: every mode; after step 1: the training mode
+    assert evals == [(0, m) for m in modes] + [(1, "soft")] + [(2, m) for m in modes]
     assert all(r["soft_rows"] > 0 for r in records if r["kind"] == "train")
 
 
@@ -236,10 +244,37 @@ def test_evaluate_matches_hand_computed_pass_at_k():
     # pass@2 = 1 - C(n - c, 2) / C(4, 2): 0, 1 - 3/6, 1
     assert result["pass@2"] == pytest.approx((0 + 0.5 + 1) / 3)
     assert result["pass@4"] == pytest.approx(2 / 3)
+    assert result["distinct_answers"] == pytest.approx((1 + 2 + 2) / 3)  # "0" and/or "1"
     assert "pass@2" in table({"fixed": result}).splitlines()[0]
     with pytest.raises(ValueError, match="every k"):
         evaluate(_FixedBackend(correct), problems, RewardScorer(reward_function("math")),
                  SoftThinkingConfig(), samples=4, think_end=[7], ks=[5])
+    # greedy (temperature 0) is deterministic: one sample per problem, Pass@k = Pass@1
+    greedy = evaluate(_FixedBackend([[1], [0], [1]]), problems,
+                      RewardScorer(reward_function("math")), SoftThinkingConfig(temperature=0),
+                      samples=4, think_end=[7], ks=[1, 2, 4])
+    assert greedy["samples"] == 1 and greedy["distinct_answers"] == 1
+    assert greedy["pass@1"] == greedy["pass@2"] == greedy["pass@4"] == pytest.approx(2 / 3)
+
+
+def test_greedy_decoding_is_deterministic(soft_run):
+    """What evaluate relies on for greedy: temperature 0 gives the same tokens whatever the
+    noise key, in both rollout modes."""
+    from softgrpo.adapters.hf import generate
+    from softgrpo.components import load_pretrained
+
+    out, _ = soft_run
+    model, tokenizer = load_pretrained(out / INITIAL_DIR, torch.device("cpu"), trainable=False)
+    prompts = ["3 + 4 - 2 = <think>"] * 6
+    for temperature in (0.0, 1.0):
+        for mode in ("soft", "discrete"):
+            rollout = generate(model, tokenizer, prompts, SoftThinkingConfig(
+                temperature=temperature, mode=mode, max_new_tokens=8),
+                sequence_ids=torch.arange(6) * 7)
+            # the same tokens (the values may differ by rounding between batch rows)
+            same = torch.equal(rollout.topk_ids, rollout.topk_ids[:1].expand_as(
+                rollout.topk_ids)) and len(set(rollout.texts)) == 1
+            assert same == (temperature == 0)  # sampling differs between noise keys
 
 
 def test_cli_eval_plot_and_errors(soft_run, tmp_path, capsys):
@@ -247,13 +282,17 @@ def test_cli_eval_plot_and_errors(soft_run, tmp_path, capsys):
     report = tmp_path / "eval.json"
     assert main(["eval", "--model", str(out), "--samples", "2", "--k", "1,2",
                  "--output", str(report), "--threads", "1"]) == 0
-    result = json.loads(report.read_text())
+    results = json.loads(report.read_text())["modes"]
     # the checkpoint's own config and eval seed: the trainer's final evaluation, replayed
-    assert result["pass@1"] == summary["final_eval"]["pass@1"]
-    assert result["mode"] == "soft" and "pass@2" in capsys.readouterr().out
-    assert main(["eval", "--model", str(out), "--mode", "discrete", "--samples", "2",
+    assert results == summary["final_eval"]
+    lines = capsys.readouterr().out.splitlines()
+    assert "pass@2" in lines[1] and [line.split()[0] for line in lines[3:7]] == [
+        "soft", "discrete", "soft-no-noise", "greedy"]
+    assert main(["eval", "--model", str(out), "--mode", "discrete,greedy", "--samples", "2",
                  "--output", str(report), "--threads", "1"]) == 0
-    assert json.loads(report.read_text())["mode"] == "discrete"
+    assert list(json.loads(report.read_text())["modes"]) == ["discrete", "greedy"]
+    assert main(["eval", "--model", str(out), "--mode", "beam"]) == 2
+    assert "eval_modes must be comma-separated names" in capsys.readouterr().err
     assert main(["plot", str(out)]) == 0
     assert main(["train", "--stpes", "3"]) == 2
     assert "did you mean 'steps'" in capsys.readouterr().err
@@ -301,5 +340,56 @@ def test_a_saved_model_on_a_dataset_file(soft_run, tmp_path):
         "output_dir": str(run)}))
     (record,) = _train_records(run)
     assert math.isfinite(record["loss"]) and math.isfinite(record["kl"])
-    assert summary["final_eval"]["problems"] == 3
+    assert summary["final_eval"]["soft"]["problems"] == 3
     assert not (run / INITIAL_DIR).exists()  # no warm start for a given model
+
+
+def test_a_missing_model_is_named_before_any_download(tmp_path, monkeypatch, capsys):
+    """softgrpo eval / train with a --model that is no local directory: a message saying so
+    (and why the hub cannot serve it), not transformers' retries and hub errors."""
+    from huggingface_hub import constants
+
+    missing = tmp_path / "no" / "such" / "dir"
+    assert main(["eval", "--model", str(missing)]) == 2
+    assert f"no such local directory: '{missing}' (and not a Hugging Face hub id" in (
+        capsys.readouterr().err)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert main(["eval", "--model", "org/missing-model"]) == 2
+    err = capsys.readouterr().err
+    assert "no such local directory: 'org/missing-model'; as a hub id it is not in the local" \
+           in err and "(http://127.0.0.1:9) cannot be reached (127.0.0.1:9: " in err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["train", "--model", "org/missing-model", "--dataset", str(tmp_path / "x.jsonl"),
+                 "--output_dir", str(tmp_path / "run")]) == 2
+    assert "cannot be reached (HF_HUB_OFFLINE is set)" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["eval", "--model", str(tmp_path / "file")]) == 2
+    assert "is a file, not a model directory" in capsys.readouterr().err
+
+
+def test_warm_start_cache_is_shared_and_changes_nothing(tmp_path, capsys):
+    """Runs with warm_start_cache: the first stores its warm-started model, the next (same
+    settings, another algorithm) reuses it; either way the run is the one without a cache."""
+    cache = tmp_path / "cache"
+    settings = dict(steps=1, warm_start_cache=str(cache), dataset="mnns", warm_start_skip=0.0,
+                    warm_start_teacher="distribution", max_response_length=8,
+                    task_digits=3, task_digit_range=[1, 5], eval_modes="soft")
+    train(_cfg(tmp_path / "first", **settings))
+    assert "warm start (distribution teacher): 3 supervised steps" in capsys.readouterr().out
+    (entry,) = cache.iterdir()
+    assert entry.name.startswith("mnns-seed0-")
+    train(_cfg(tmp_path / "again", **settings))
+    assert f"(reused {entry})" in capsys.readouterr().out
+    train(_cfg(tmp_path / "grpo", **{**settings, "algorithm": "grpo"}))
+    assert f"(reused {entry})" in capsys.readouterr().out
+    alone = {**settings, "warm_start_cache": None}
+    train(_cfg(tmp_path / "alone", **alone))
+    weights = [load_file(str(tmp_path / name / INITIAL_DIR / "model.safetensors"))
+               for name in ("first", "again", "grpo", "alone")]
+    assert all(w.keys() == weights[0].keys() and all(torch.equal(w[k], weights[0][k])
+                                                     for k in w) for w in weights)
+    runs = [(tmp_path / name / metrics.METRICS_FILE).read_bytes()
+            for name in ("first", "again", "alone")]
+    assert runs[0] == runs[1] == runs[2]
+    train(_cfg(tmp_path / "seed1", **{**settings, "seed": 1}))
+    assert len(list(cache.iterdir())) == 2  # another seed, another entry

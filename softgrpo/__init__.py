@@ -7,6 +7,7 @@ from softgrpo.ops.embedding import gumbel_softmax_weights, soft_embedding, soft_
 from softgrpo.ops.fused_linear import soft_logprob_from_hidden
 from softgrpo.ops.logprob import soft_logprob
 from softgrpo.ops.multiplex import MultiplexSample, multiplex_sample
+from softgrpo.ops.multiplex_logprob import multiplex_logprob, multiplex_logprob_from_hidden
 from softgrpo.ops.sampling import SoftSample, soft_sample
 from softgrpo.philox import noise_key
 from softgrpo.rewards import (
@@ -34,6 +35,8 @@ __all__ = [
     "last_boxed",
     "math_equal",
     "math_reward",
+    "multiplex_logprob",
+    "multiplex_logprob_from_hidden",
     "multiplex_sample",
     "noise_key",
     "pass_at_k",

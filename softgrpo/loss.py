@@ -240,10 +240,9 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
         advantages = advantages[:, None]
     else:
         _same_shape("advantages", advantages, positions, "logp's positions")
+    counted = mask
     if slots is not None:  # one more dimension: the slots of a position
-        advantages, mask, counted = advantages[..., None], mask, mask[..., None] & slots
-    else:
-        counted = mask
+        advantages, counted = advantages[..., None], mask[..., None] & slots
     clip_low = _checks.real("clip_low", clip_low, low=0.0, high=1.0, high_open=True)
     clip_high = _checks.real("clip_high", clip_high, low=0.0)
     if dual_clip is not None:

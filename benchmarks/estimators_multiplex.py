@@ -197,6 +197,7 @@ def summary(rows: list[dict]) -> str:
     exact = [r for reward in ("token", "uniform") for r in pick("filtered", reward)]
     cut = ("top-k 5", "top-k 5, top-p 0.8")
     full_cut = [r for reward in ("token", "uniform") for r in pick("full", reward, cut)]
+    filt_cut = [r for reward in ("token", "uniform") for r in pick("filtered", reward, cut)]
     full_none = [r for reward in ("token", "uniform") for r in pick("full", reward, ("none",))]
     weighted = pick("filtered", "weighted")
     repaired = pick("filtered + pathwise", "weighted")
@@ -210,9 +211,10 @@ def summary(rows: list[dict]) -> str:
         f"the same function (noise draws {span([r['noise_draws'] for r in full_none], '.1f')}). "
         f"Where the filter cuts, the full log-prob adds -K grad log Z_kept, a draw-independent "
         f"vector: with the exact baseline it cancels in this one-state bandit (ratio "
-        f"{span([r['ratio'] for r in full_cut])}) but costs variance "
-        f"({span([r['noise_draws'] for r in full_cut], '.1f')} draws for noise = signal) and "
-        f"without a baseline it is biased (b = 0: ratio "
+        f"{span([r['ratio'] for r in full_cut])}; draws for noise = signal "
+        f"{span([r['noise_draws'] for r in full_cut], '.1f')}, filtered "
+        f"{span([r['noise_draws'] for r in filt_cut], '.1f')}), but without a baseline it is "
+        f"biased (b = 0: ratio "
         f"{span([r['ratio_no_baseline'] for r in full_cut])}, filtered "
         f"{span([r['ratio_no_baseline'] for r in pick('filtered', 'token', cut)])}). In the "
         f"two-step episode the term depends on the visited state and no baseline removes it: "

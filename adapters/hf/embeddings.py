@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from softgrpo import soft_token_embedding
+from softgrpo import SoftThinkingConfig, soft_embedding, soft_token_embedding
+from softgrpo.ops.multiplex import multiplex_weights
 
 _PROBE_IDS = 16
 
@@ -49,8 +50,14 @@ class InputEmbedder:
         """(...) int64 token ids -> (..., H) embeddings in the table's dtype (the module)."""
         return self.module(ids)
 
-    def records(self, ids: torch.Tensor, perturbed: torch.Tensor, tau: float) -> torch.Tensor:
-        """(..., k) stored records -> (..., H) input embeddings (spec 2.8 / 4): soft rows
-        sum_k softmax(perturbed / tau)_k E[ids_k], discrete rows [s, 0, ...] E[s]; scaled like
-        the module. Differentiable w.r.t. the table and perturbed (pathwise)."""
-        return self._scaled(soft_token_embedding(self.table, ids, perturbed, tau))
+    def records(self, ids: torch.Tensor, perturbed: torch.Tensor,
+                config: SoftThinkingConfig) -> torch.Tensor:
+        """(..., k) stored records -> (..., H) input embeddings, scaled like the module: with
+        the gumbel policy (spec 2.8 / 4) soft rows sum_k softmax(perturbed / tau)_k E[ids_k],
+        discrete rows [s, 0, ...] E[s]; with the multiplex policy (spec 10)
+        sum_j multiplex_weights(perturbed)_j E[ids_j] (a discrete row: E[s]). Differentiable
+        w.r.t. the table and perturbed (pathwise)."""
+        if config.multiplex:
+            weights = multiplex_weights(perturbed, config.multiplex_weighting)
+            return self._scaled(soft_embedding(self.table, ids, weights))
+        return self._scaled(soft_token_embedding(self.table, ids, perturbed, config.tau))

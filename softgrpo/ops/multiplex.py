@@ -130,3 +130,19 @@ def multiplex_sample(logits: torch.Tensor, k: int = 3, *, temperature: float = 1
     ids, logprobs, weights, kept = torch.ops.softgrpo.multiplex_sample(
         logits.detach(), k, temperature, top_k, float(top_p), uniform, seed_t, offset_t)
     return MultiplexSample(ids, logprobs, weights, ids[:, 0], logprobs.sum(-1), kept)
+
+
+def multiplex_weights(perturbed: torch.Tensor, weighting: str = "weighted") -> torch.Tensor:
+    """The input mix of stored multiplex records (..., K) (spec 10): a multiplex row's weights
+    p(ids_j) / sum_i p(ids_i) = softmax(perturbed) ("weighted") or 1/K ("uniform"); a discrete
+    row ([l_s, -inf, ...]) gets [1, 0, ...]. fp32 (fp64 for fp64 input)."""
+    _checks.tensor("perturbed", perturbed, dtypes=_checks.FLOAT_DTYPES)
+    logits = perturbed if not check_weighting(weighting) else \
+        torch.where(perturbed > -math.inf, 0.0, -math.inf)  # equal over the finite slots
+    return torch.softmax(logits.to(torch.promote_types(perturbed.dtype, torch.float32)), -1)
+
+
+def multiplex_slots(perturbed: torch.Tensor) -> torch.Tensor:
+    """(..., K) bool: the slots of stored multiplex records that the loss counts (every draw of
+    a multiplex row, slot 0 of a discrete row: the finite perturbed values)."""
+    return perturbed > -math.inf

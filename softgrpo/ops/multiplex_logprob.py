@@ -21,6 +21,8 @@ from softgrpo.reference.common import compute_dtype
 from softgrpo.reference.fused_linear import default_chunk_size
 
 Tensor = torch.Tensor
+# a draw's normaliser in training: the rollout's kept set (exact) or the vocabulary (release)
+MULTIPLEX_LOGPROBS = ("filtered", "full")
 
 
 def _check_records(vocab: int, ids: Tensor, perturbed: Tensor, kept: Tensor) -> None:

@@ -215,7 +215,7 @@ def _reference_log_probs(model, rollout) -> torch.Tensor:
     perturbed = torch.cat([torch.zeros(prompt_records.shape), rollout.perturbed], 1)
     mask = torch.cat([rollout.prompt_mask, rollout.response_mask], 1).long()
     with torch.no_grad():
-        embeds = InputEmbedder(model).records(ids, perturbed, CONFIG.tau)
+        embeds = InputEmbedder(model).records(ids, perturbed, CONFIG)
         logits = model(inputs_embeds=embeds, attention_mask=mask,
                        position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
         lp = soft_logprob(logits[:, prompt - 1:-1], rollout.topk_ids, rollout.perturbed,
@@ -358,3 +358,57 @@ def test_rollout_name_is_registered_with_verl():
     assert _ROLLOUT_REGISTRY[(sv.ROLLOUT_NAME, "async")] == _ROLLOUT_REGISTRY[("vllm", "async")]
 
     assert _agent_loop_registry[sv.AGENT_LOOP]["_target_"].endswith("SoftThinkingAgentLoop")
+
+
+# ---- Multiplex Thinking records (spec 10) -----------------------------------------------------
+MULTIPLEX = {"release": CONFIG.replace(soft_policy="multiplex", k=3),
+             "filtered": CONFIG.replace(soft_policy="multiplex", k=2, multiplex_top_k=5,
+                                        multiplex_top_p=0.9, multiplex_weighting="uniform")}
+
+
+@pytest.mark.parametrize("name", MULTIPLEX)
+@pytest.mark.parametrize("likelihood", ["filtered", "full"])
+def test_actor_scores_multiplex_records_by_their_joint_log_prob(process_group, tiny, name,
+                                                                likelihood):
+    """The actor's log-prob of a multiplex step is the sum of its draws' log-probs, as the HF
+    adapter computes them (kept sets travel with the records)."""
+    model, tokenizer, path, _ = tiny
+    rollout = generate(model, tokenizer, PROMPTS, MULTIPLEX[name])
+    assert rollout.thinking_mask.any()
+    outputs = [sv.agent_loop_output(rollout, row, likelihood=likelihood)
+               for row in range(len(PROMPTS))]
+    actor = _actor_log_probs(_worker(path), _batch(outputs))
+    with torch.no_grad():
+        want = policy_logprobs(model, rollout, multiplex_logprob=likelihood).sum(-1)
+    torch.testing.assert_close(actor, want[:, :actor.shape[1]], rtol=1e-5, atol=1e-5)
+
+
+def test_ppo_update_on_multiplex_records(process_group, tiny):
+    model, tokenizer, path, _ = tiny
+    rollout = generate(model, tokenizer, PROMPTS, MULTIPLEX["filtered"])
+    worker = _worker(path)
+    config = _actor_config(policy_loss={"loss_mode": sv.LOSS_MODE}, use_kl_loss=False,
+                           ppo_mini_batch_size=len(PROMPTS))
+    worker.set_loss_fn(partial(ppo_loss, config=config))
+    batch = _batch([sv.agent_loop_output(rollout, row) for row in range(len(PROMPTS))])
+    old = _actor_log_probs(worker, batch)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    batch.batch["old_log_probs"] = old
+    batch.batch["advantages"] = (rewards - rewards.mean())[:, None].expand_as(old).clone()
+    td = left_right_2_no_padding(batch.to_tensordict())
+    tu.assign_non_tensor(td, global_batch_size=len(PROMPTS), mini_batch_size=len(PROMPTS),
+                         epochs=1, seed=1, dataloader_kwargs={"shuffle": False},
+                         calculate_entropy=False, compute_loss=True)
+    metrics = tu.get(worker.train_mini_batch(td), "metrics")
+    assert all(np.isfinite(np.ravel(metrics["loss"])))
+    assert (_actor_log_probs(worker, batch) - old).abs().max() > 1e-4
+
+
+def test_multiplex_settings_are_checked(tiny):
+    model, tokenizer, _, _ = tiny
+    rollout = generate(model, tokenizer, PROMPTS[:1], MULTIPLEX["release"])
+    with pytest.raises(ValueError, match="filtered"):
+        sv.agent_loop_output(rollout, 0, likelihood="release")
+    with pytest.raises(ValueError, match="not served"):
+        soft_config({"soft_policy": "multiplex"}, {"top_k": 3, "top_p": 1.0,
+                                                   "temperature": 1.0}, 16)

@@ -116,9 +116,14 @@ def test_draws_follow_the_filtered_law_and_are_independent(filters):
     torch.testing.assert_close(out.logprobs, torch.log(p.float())[out.ids])
 
 
-def test_full_vocabulary_draws_equal_a_scan_of_every_token():
+@pytest.mark.parametrize("block", [4096, 7], ids=["one-block", "blocks-of-7"])
+def test_full_vocabulary_draws_equal_a_scan_of_every_token(block, monkeypatch):
     """Without a filter the reference scores only the tokens within the noise's spread of the
-    maximum; that never changes a draw: compare with scoring all V tokens."""
+    maximum, a block of candidates at a time; neither changes a draw: compare with scoring all
+    V tokens at once."""
+    from softgrpo.reference import multiplex as ref
+
+    monkeypatch.setattr(ref, "DRAW_BLOCK", block)
     g = torch.Generator().manual_seed(2)
     b, v, k = 16, 300, 4
     logits = torch.randn(b, v, generator=g) * 12  # wide: most tokens are out of reach

@@ -25,6 +25,7 @@ from softgrpo.reference.sampling import nucleus, scaled, topk_sorted
 # [-2.8116, 16.6355]: a token whose z is more than the spread below the row's maximum can never
 # win a draw, so the unfiltered path scores only the tokens within it (bound rounded up).
 GUMBEL_SPREAD = 19.5
+DRAW_BLOCK = 4096  # candidates scored at once by the reference
 
 
 def _argmax_smaller_id(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -36,11 +37,23 @@ def _argmax_smaller_id(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def _draw(z: torch.Tensor, ids: torch.Tensor, k: int, seed: torch.Tensor,
           offset: torch.Tensor) -> torch.Tensor:
-    """(B, k) positions along the candidates (B, n) of k Gumbel-max draws; z -inf: not kept."""
+    """(B, k) positions along the candidates (B, n) of k Gumbel-max draws; z -inf: not kept.
+    Scored DRAW_BLOCK candidates at a time (bounded memory); a later block's winner replaces
+    the running one only with a larger score, or an equal score and a smaller id."""
     streams = torch.arange(k, device=z.device)[None, :, None]
-    g = philox.gumbel(seed[:, None, None], offset[:, None, None], ids[:, None, :], streams)
-    score = z[:, None, :] + g  # (B, k, n): one noise stream per draw
-    return _argmax_smaller_id(score, ids[:, None, :].expand_as(score)).squeeze(-1)
+    best = torch.full((z.shape[0], k), -math.inf, dtype=z.dtype, device=z.device)
+    best_id = torch.full_like(best, torch.iinfo(torch.int64).max, dtype=torch.int64)
+    pos = torch.zeros_like(best_id)
+    for start in range(0, z.shape[1], DRAW_BLOCK):
+        zb, idb = z[:, start:start + DRAW_BLOCK], ids[:, start:start + DRAW_BLOCK]
+        g = philox.gumbel(seed[:, None, None], offset[:, None, None], idb[:, None, :], streams)
+        score = zb[:, None, :] + g  # (B, k, block): one noise stream per draw
+        at = _argmax_smaller_id(score, idb[:, None, :].expand_as(score))
+        top, top_id = score.gather(-1, at).squeeze(-1), idb.gather(-1, at.squeeze(-1))
+        win = (top > best) | ((top == best) & (top_id < best_id))
+        best, best_id = torch.where(win, top, best), torch.where(win, top_id, best_id)
+        pos = torch.where(win, at.squeeze(-1) + start, pos)
+    return pos
 
 
 def multiplex_sample(logits: torch.Tensor, k: int, temperature: float, top_k: int, top_p: float,

@@ -358,6 +358,16 @@ def _scatter_head_rows(coef: Tensor, h: Tensor, ids2: Tensor, wide: Tensor, grad
         BLOCK_H=block_h, ACC=acc, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
 
 
+def _multiplex_inputs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
+                      perturbed: Tensor, kept: Tensor):
+    """(compute dtype, h, w, b, the records' layout, block_k, block_h) of the multiplex
+    launchers."""
+    h, w, b, _, _ = _inputs(hidden, weight, bias, ids, perturbed)
+    lay = mlp.layout(ids, perturbed, kept)
+    return (compute_dtype(hidden, weight, perturbed), h, w, b, lay,
+            *_row_blocks(lay.cols.shape[1], h.shape[1]))
+
+
 def multiplex_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None,
                                   ids: Tensor, perturbed: Tensor, kept: Tensor,
                                   temperature: float, chunk_size: int
@@ -365,24 +375,20 @@ def multiplex_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor |
     """softgrpo.reference.multiplex_logprob_from_hidden with the gathered logits and the
     full-vocabulary normaliser's blocks in Triton; the per-row arithmetic on (N, K + W)
     values is the reference's."""
-    dtype = compute_dtype(hidden, weight, perturbed)
-    h, w, b, ids2, y = _inputs(hidden, weight, bias, ids, perturbed)
-    kept2 = mlp.flat_kept(kept, ids2.shape[0])
-    cols, full, wide = mlp.layout(ids2, y, kept2)
-    cols = cols.contiguous()
-    n, m = cols.shape
+    dtype, h, w, b, lay, block_k, block_h = _multiplex_inputs(hidden, weight, bias, ids,
+                                                              perturbed, kept)
+    n, m = lay.cols.shape
     zk = torch.zeros((n, m), dtype=dtype, device=h.device)
-    block_k, block_h = _row_blocks(m, h.shape[1])
     if n:
-        _gather_fwd_kernel[(n,)](h, w, b, cols, wide.to(torch.uint8), zk, m, h.shape[1], h.stride(0),
-                                 w.stride(0), temperature, HAS_BIAS=bias is not None,
-                                 BLOCK_K=block_k, BLOCK_H=block_h, ACC=_acc(dtype),
-                                 num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+        _gather_fwd_kernel[(n,)](h, w, b, lay.cols, lay.wide.to(torch.uint8), zk, m,
+                                 h.shape[1], h.stride(0), w.stride(0), temperature,
+                                 HAS_BIAS=bias is not None, BLOCK_K=block_k, BLOCK_H=block_h,
+                                 ACC=_acc(dtype), num_warps=NUM_WARPS,
+                                 enable_fp_fusion=FP_FUSION)
     _, lse = subtract_normalisers(torch.zeros(n, dtype=dtype, device=h.device), h, w,
-                                  _bias(bias, b), cols, temperature, chunk_size, w.dtype,
-                                  _block_lse, full)
-    lp = mlp.slot_logprobs(zk, lse, kept2, full, wide, ids2.shape[1])
-    return lp.reshape(ids.shape), lse, zk
+                                  _bias(bias, b), lay.cols, temperature, chunk_size, w.dtype,
+                                  _block_lse, lay.full)
+    return mlp.slot_logprobs(zk, lse, lay).reshape(ids.shape), lse, zk
 
 
 def multiplex_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tensor,
@@ -390,24 +396,18 @@ def multiplex_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight:
                                            kept: Tensor, lse: Tensor, zk: Tensor,
                                            temperature: float, chunk_size: int
                                            ) -> tuple[Tensor, Tensor, Tensor]:
-    dtype = compute_dtype(hidden, weight, perturbed)
-    h, w, b, ids2, y = _inputs(hidden, weight, bias, ids, perturbed)
-    kept2 = mlp.flat_kept(kept, ids2.shape[0])
-    cols, full, wide = mlp.layout(ids2, y, kept2)
-    cols = cols.contiguous()
-    n, m = cols.shape
-    coef, go = mlp.slot_coefficients(grad.reshape(ids2.shape).to(dtype), zk, kept2, full, wide,
-                                     ids2.shape[1], temperature)
+    dtype, h, w, b, lay, block_k, block_h = _multiplex_inputs(hidden, weight, bias, ids,
+                                                              perturbed, kept)
+    n, m = lay.cols.shape
+    coef, go = mlp.slot_coefficients(grad.to(dtype), zk, lay, temperature)
     coef = coef.contiguous()
-    grad_h, grad_w, grad_b = normaliser_backward(go, h, w, _bias(bias, b), cols, lse.to(dtype),
-                                                 temperature, chunk_size, w.dtype, dtype,
-                                                 w.dtype, _block_grad, full)
-    if n == 0:
-        return cast_grads(grad_h, grad_w, grad_b, hidden, weight, bias)
-    block_k, block_h = _row_blocks(m, h.shape[1])
-    acc = _acc(dtype)
-    _gather_bwd_kernel[(n,)](coef, w, cols, wide.to(torch.uint8), grad_h, m, h.shape[1], w.stride(0),
-                             grad_h.stride(0), BLOCK_K=block_k, BLOCK_H=block_h, ACC=acc,
-                             num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
-    _scatter_head_rows(coef, h, cols, wide, grad_w, grad_b, grad_h, acc)
+    grad_h, grad_w, grad_b = normaliser_backward(go, h, w, _bias(bias, b), lay.cols,
+                                                 lse.to(dtype), temperature, chunk_size,
+                                                 w.dtype, dtype, w.dtype, _block_grad, lay.full)
+    if n:
+        _gather_bwd_kernel[(n,)](coef, w, lay.cols, lay.wide.to(torch.uint8), grad_h, m,
+                                 h.shape[1], w.stride(0), grad_h.stride(0), BLOCK_K=block_k,
+                                 BLOCK_H=block_h, ACC=_acc(dtype), num_warps=NUM_WARPS,
+                                 enable_fp_fusion=FP_FUSION)
+        _scatter_head_rows(coef, h, lay.cols, lay.wide, grad_w, grad_b, grad_h, _acc(dtype))
     return cast_grads(grad_h, grad_w, grad_b, hidden, weight, bias)

@@ -25,24 +25,21 @@ import torch
 import triton
 import triton.language as tl
 
-from softgrpo.kernels.embedding import block_k, rows_2d
+from softgrpo.kernels.embedding import block_k
 from softgrpo.kernels.sampling import (
-    BLOCK_BYTES,
     MAX_KMAX,
     MERGE_CHUNKS,
     NUM_WARPS_SCAN,
-    PROGRAMS_PER_SM,
     _accumulate,
-    _aligned,
     _chunk_kernel,
     _launch_options,
     _load,
-    _n_chunks,
     _unpack,
     gumbel_of,
     merge_keys,
     merge_normalisers,
     nucleus,
+    scan_layout,
 )
 from softgrpo.reference.multiplex import GUMBEL_SPREAD
 
@@ -219,12 +216,7 @@ def multiplex_sample(logits: torch.Tensor, k: int, temperature: float, top_k: in
     kmax = block_k(max(top_k, 1))
     if kmax > MAX_KMAX:
         raise ValueError(f"top_k must be <= {MAX_KMAX} on CUDA, got {top_k}")
-    logits = rows_2d(logits, vocab)
-    block = max(block_v or BLOCK_BYTES // logits.element_size(), kmax)  # _prime's KMAX groups
-    programs = PROGRAMS_PER_SM if _aligned(logits) else 2
-    chunks = n_chunks or _n_chunks(rows, vocab, block, programs, logits.device)
-    chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block  # whole blocks per chunk
-    chunks = triton.cdiv(vocab, chunk)
+    logits, block, programs, chunks, chunk = scan_layout(logits, kmax, block_v, n_chunks)
     kb = triton.next_power_of_2(k)
     device = logits.device
     seed, offset = seed.to(torch.int64).contiguous(), offset.to(torch.int64).contiguous()

@@ -351,6 +351,20 @@ def _n_chunks(rows: int, vocab: int, block: int, programs_per_sm: int,
     return max(1, min(wanted, math.ceil(vocab / (MIN_BLOCKS_PER_CHUNK * block))))
 
 
+def scan_layout(logits: torch.Tensor, kmax: int, block_v: int | None, n_chunks: int | None
+                ) -> tuple[torch.Tensor, int, int, int, int]:
+    """How a launcher streams (B, V) logits: (the logits as rows of unit column stride, the
+    block, scan programs per SM, chunks per row, chunk length in whole blocks); block_v and
+    n_chunks override the block (at least kmax: _prime's groups) and the chunk count."""
+    rows, vocab = logits.shape
+    logits = rows_2d(logits, vocab)
+    block = max(block_v or BLOCK_BYTES // logits.element_size(), kmax)
+    programs = PROGRAMS_PER_SM if _aligned(logits) else 2
+    chunks = n_chunks or _n_chunks(rows, vocab, block, programs, logits.device)
+    chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block  # whole blocks per chunk
+    return logits, block, programs, triton.cdiv(vocab, chunk), chunk
+
+
 def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, tau: float,
                 noise_scale: float, seed: torch.Tensor, offset: torch.Tensor,
                 thinking: torch.Tensor, clamp_lo: float, clamp_hi: float, discrete_k: int,
@@ -373,12 +387,7 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
     kmax = block_k(max(k, discrete_k))
     if kmax > MAX_KMAX:
         raise ValueError(f"k and discrete_k must be <= {MAX_KMAX} on CUDA, got {k}, {discrete_k}")
-    logits = rows_2d(logits, vocab)
-    block = max(block_v or BLOCK_BYTES // logits.element_size(), kmax)  # _prime's KMAX groups
-    programs = PROGRAMS_PER_SM if _aligned(logits) else 2
-    chunks = n_chunks or _n_chunks(rows, vocab, block, programs, logits.device)
-    chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block  # whole blocks per chunk
-    chunks = triton.cdiv(vocab, chunk)
+    logits, block, programs, chunks, chunk = scan_layout(logits, kmax, block_v, n_chunks)
     greedy = temperature == 0.0
     temperature = 1.0 if greedy else temperature  # greedy: the filtered distribution at T = 1
 

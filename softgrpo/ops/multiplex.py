@@ -116,10 +116,7 @@ def multiplex_sample(logits: torch.Tensor, k: int = 3, *, temperature: float = 1
     Raises:
         TypeError / ValueError naming the argument on bad input.
     """
-    _checks.tensor("logits", logits, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    b, v = logits.shape
-    if b == 0 or v == 0:
-        raise ValueError(f"logits must be non-empty, got shape {tuple(logits.shape)}")
+    b, v = _checks.logits_rows(logits)
     k = _checks.integer("k", k, 1, MAX_DRAWS)
     temperature = _checks.real("temperature", temperature, low=0.0, high=math.inf,
                                low_open=True, high_open=True)

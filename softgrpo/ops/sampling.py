@@ -105,10 +105,7 @@ def soft_sample(logits: torch.Tensor, k: int = 5, *, temperature: float = 1.0,
     Raises:
         TypeError / ValueError naming the argument on bad input.
     """
-    _checks.tensor("logits", logits, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    b, v = logits.shape
-    if b == 0 or v == 0:
-        raise ValueError(f"logits must be non-empty, got shape {tuple(logits.shape)}")
+    b, v = _checks.logits_rows(logits)
     k = _checks.integer("k", k, 1, v)
     discrete_k = k if discrete_k is None else _checks.integer("discrete_k", discrete_k, 1, v)
     temperature = _checks.real("temperature", temperature, low=0.0, high=math.inf, high_open=True)

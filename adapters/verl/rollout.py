@@ -13,9 +13,10 @@ the FSDP actor through verl's checkpoint engine and worker extension) verl's own
 The agent loop "softgrpo_single_turn" (agent_loop.py) sends the soft requests and turns the
 records into AgentLoopOutput.extra_fields.
 
-Supported: as softgrpo.adapters.vllm (vLLM 0.32 V1 runner, Qwen2/Llama checkpoints, one
-worker per server: tensor, pipeline and data parallel size 1), no quantization, no LoRA
-adapter, no speculative decoding (MTP), no prefill/decode disaggregation.
+Supported: as softgrpo.adapters.vllm (vLLM 0.24 to 0.34 under whichever model runner vLLM
+picks, any text decoder architecture, one worker per server: tensor, pipeline and data
+parallel size 1), no quantization, no LoRA adapter, no speculative decoding (MTP), no
+prefill/decode disaggregation; CUDA graphs off.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, 
 from softgrpo.adapters.vllm.engine import SUPPORTED, engine_options
 from softgrpo.adapters.vllm.processor import KEY
 from softgrpo.adapters.vllm.worker import SoftThinkingWorkerExtension
-
-from .registration import ROLLOUT_NAME
 
 RECORDS = "softgrpo_records"
 WORKER_EXTENSION = f"{__name__}.SoftThinkingColocateWorkerExtension"
@@ -101,12 +100,12 @@ class SoftGRPOvLLMHttpServer(vLLMHttpServer):
 
 class SoftGRPOvLLMReplica(vLLMReplica):
     """verl's vLLM replica serving through SoftGRPOvLLMHttpServer; its Ray actors are named
-    "softgrpo_vllm_server_<replica>_<node>", where verl's hybrid ServerAdapter looks them up
-    (by rollout.name) for weight sync."""
+    "<rollout.name>_server_<replica>_<node>" (rollout.name: "softgrpo_vllm"), where verl's
+    hybrid ServerAdapter looks them up (by rollout.name) for weight sync."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.server_class = ray.remote(SoftGRPOvLLMHttpServer)
 
     def _get_server_name_prefix(self) -> str:
-        return f"{ROLLOUT_NAME}_"
+        return f"{self.config.name}_"

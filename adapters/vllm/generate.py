@@ -26,7 +26,7 @@ def eos_token_ids(llm: vllm.LLM, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _requests(batch: PromptBatch, config: SoftThinkingConfig
+def requests_of(batch: PromptBatch, config: SoftThinkingConfig
               ) -> tuple[list[TokensPrompt], list[vllm.SamplingParams], list[str]]:
     """One greedy request per row: the logits processor leaves one finite logit, the text
     token; EOS handling is ours (ignore_eos, stop on the HF adapter's EOS ids)."""
@@ -41,15 +41,17 @@ def _requests(batch: PromptBatch, config: SoftThinkingConfig
     return prompts, params, tags
 
 
-def _records(batch: PromptBatch, config: SoftThinkingConfig, outputs, taken: dict[str, dict],
-             tags: list[str]) -> tuple[RolloutRecords, int]:
+def rollout_of(batch: PromptBatch, config: SoftThinkingConfig, tokens: list[list[int]],
+               taken: dict[str, dict], tags: list[str], tokenizer) -> Rollout:
+    """The Rollout of the requests ``tags`` (one per batch row) from the text tokens vLLM
+    returned and the records taken from the worker (RuntimeError if they disagree)."""
     steps = max(len(taken[tag]["token"]) for tag in tags)
     records = RolloutRecords(len(tags), steps, config.k, batch.pad_id, torch.device("cpu"))
     eos = torch.tensor(batch.eos_ids, dtype=torch.int64)
     dtypes = dict(token=torch.int64, ids=torch.int64, perturbed=torch.float32,
                   logprob=torch.float32, soft=torch.bool, forced=torch.bool)
-    for row, (tag, output) in enumerate(zip(tags, outputs)):
-        if taken[tag]["token"] != list(output.outputs[0].token_ids):
+    for row, (tag, returned) in enumerate(zip(tags, tokens)):
+        if taken[tag]["token"] != list(returned):
             raise RuntimeError(f"softgrpo: the records of request {tag} do not match the "
                                "tokens vLLM returned")
         got = {name: torch.tensor(taken[tag][name], dtype=dtype) for name, dtype in dtypes.items()}
@@ -62,7 +64,7 @@ def _records(batch: PromptBatch, config: SoftThinkingConfig, outputs, taken: dic
         records.thinking_mask[row, :n] = got["soft"]
         records.forced_mask[row, :n] = got["forced"]
         records.finished[row] = n > 0 and bool(torch.isin(got["token"][-1], eos))
-    return records, steps
+    return records.rollout(steps, batch, tokenizer, config)
 
 
 def generate(llm: vllm.LLM, tokenizer=None, prompts: list[str] | None = None,
@@ -98,7 +100,7 @@ def generate(llm: vllm.LLM, tokenizer=None, prompts: list[str] | None = None,
         vocab_size=model_config.get_vocab_size(),
         max_length=(model_config.max_model_len, "the engine's max_model_len"),
         eos_ids=eos_token_ids(llm, tokenizer), device="cpu")
-    prompts_in, params, tags = _requests(batch, config)
+    prompts_in, params, tags = requests_of(batch, config)
     try:
         outputs = llm.generate(prompts_in, params, use_tqdm=progress)
     finally:
@@ -107,5 +109,5 @@ def generate(llm: vllm.LLM, tokenizer=None, prompts: list[str] | None = None,
     if missing:
         raise RuntimeError(f"softgrpo: no records for {len(missing)} requests; the engine did "
                            "not run them through the soft-thinking logits processor")
-    records, steps = _records(batch, config, outputs, taken, tags)
-    return records.rollout(steps, batch, tokenizer, config)
+    return rollout_of(batch, config, [o.outputs[0].token_ids for o in outputs], taken, tags,
+                      tokenizer)

@@ -1,4 +1,4 @@
-"""The vLLM (V1 runner) logits processor that samples every soft-thinking step.
+"""The vLLM logits processor that samples every soft-thinking step, for both model runners.
 
 A request opts in with ``SamplingParams.extra_args["softgrpo"]`` (see :func:`request_payload`).
 Each step the processor runs softgrpo.soft_sample on the logits of the rows whose step is
@@ -7,17 +7,23 @@ offset, drives the thinking phase (think-end detection, forced think-end, to_dis
 the same per-row logic as the Hugging Face adapter, stores the records in the request's
 :class:`~.state.RequestState`, and forces vLLM's sampler to emit the step's text token by
 leaving that token the only finite logit.
+
+One class implements both of vLLM's logits-processor interfaces, whichever the installed
+vLLM has (the V1 runner's vllm.v1.sample.logits_processor up to 0.33, Model Runner V2's
+vllm.v1.worker.gpu.sample.logits_processor from 0.31), so the same engine options serve the
+runner vLLM picks. Only the bookkeeping differs (which rows are due); :func:`sample_rows` is
+the one sampling step both call, so given the same logits both runners store the same records
+bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 
 import torch
 from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
-from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from softgrpo.philox import MAX_OFFSET
 from softgrpo.rollout import SoftThinkingConfig, ThinkingPhase
@@ -45,9 +51,13 @@ def sampling_options(config: SoftThinkingConfig, sequence_id: int, think_end: li
                 extra_args=request_payload(config, sequence_id, think_end, tag))
 
 
-def _parse(params: SamplingParams) -> tuple[SoftThinkingConfig, int, tuple[int, ...], str] | None:
-    """The request's (config, sequence id, think-end ids, tag), None for an ordinary request;
-    ValueError naming the bad option otherwise."""
+def parse(params: SamplingParams | None
+          ) -> tuple[SoftThinkingConfig, int, tuple[int, ...], str] | None:
+    """The request's (config, sequence id, think-end ids, tag), None for an ordinary request
+    (or none: a pooling request has no sampling params); ValueError naming the bad option
+    otherwise."""
+    if params is None:
+        return None
     payload = (params.extra_args or {}).get(KEY)
     if payload is None:
         return None
@@ -83,7 +93,7 @@ def _parse(params: SamplingParams) -> tuple[SoftThinkingConfig, int, tuple[int, 
 def validate(params: SamplingParams) -> None:
     """Reject, at request time, options that would change what the processor samples from
     or how many sequences share one noise key."""
-    parsed = _parse(params)
+    parsed = parse(params)
     if parsed is None:
         return
     config = parsed[0]
@@ -105,89 +115,28 @@ def validate(params: SamplingParams) -> None:
                          "not supported with soft thinking")
 
 
-class SoftThinkingLogitsProcessor(LogitsProcessor):
-    """Samples soft-thinking steps with softgrpo.soft_sample (V1 logits-processor interface).
-
-    Not argmax-invariant: it replaces a soft request's logits by a one-hot choice of the
-    step's text token. Ordinary requests in the same batch are left untouched."""
-
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
-        validate(sampling_params)
-
-    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        self.runtime = SoftRuntime()
-
-    def is_argmax_invariant(self) -> bool:
-        return False
-
-    def _state(self, params: SamplingParams, prompt_ids: list[int] | None,
-               output_ids: list[int]) -> RequestState | None:
-        parsed = _parse(params)
-        if parsed is None:
-            return None
-        config, sequence_id, think_end, tag = parsed
-        state = self.runtime.states.get(tag)
-        if state is None:
-            state = RequestState(tag, config, sequence_id, think_end, len(prompt_ids or ()))
-            self.runtime.states[tag] = state
-        elif len(output_ids) != state.length:
-            raise RuntimeError(f"softgrpo: request {tag} came back with {len(output_ids)} "
-                               f"output tokens but {state.length} records")
-        else:
-            state.resumes += 1
-        return state
-
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        process_dict_updates(self.runtime.rows, batch_update, self._state)
-
-    def _due(self) -> list[tuple[int, RequestState, int]]:
-        """(row, state, t) of the rows whose logits are a real step: the row's last position
-        is the one after the request's last record (a partial prefill ends earlier)."""
-        due = []
-        for row, state in self.runtime.rows.items():
-            last = self.runtime.last_position.get(row)
-            if last is None:
-                raise RuntimeError(
-                    "softgrpo: a soft-thinking request reached the sampler but the model did "
-                    "not see it; create the engine with softgrpo.adapters.vllm.create_engine "
-                    "or engine_options(), which load the soft-input model")
-            t = last + 1 - state.prompt_len
-            if t > state.length:
-                raise RuntimeError(f"softgrpo: request {state.tag} samples response position "
-                                   f"{t} but has only {state.length} records")
-            if t == state.length:
-                due.append((row, state, t))
-        return due
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.runtime.rows:
-            return logits
-        groups: dict[tuple, list[tuple[int, RequestState, int]]] = {}
-        for item in self._due():
-            groups.setdefault((item[1].config, item[1].think_end), []).append(item)
-        for (config, think_end), items in groups.items():
-            rows = torch.tensor([row for row, _, _ in items], device=logits.device)
-            self._step(logits, rows, [state for _, state, _ in items],
-                       torch.tensor([t for _, _, t in items]), config, think_end)
-        return logits
-
-    @staticmethod
-    def _step(logits: torch.Tensor, rows: torch.Tensor, states: list[RequestState],
-              offsets: torch.Tensor, config: SoftThinkingConfig,
-              think_end: tuple[int, ...]) -> None:
-        """One batched step of ``states`` (same config): load their phases into the shared
-        per-row phase logic, sample, store the records, write the phases back, force the
-        text tokens."""
-        n, device = len(states), logits.device
+def sample_rows(logits: torch.Tensor, due: list[tuple[int, RequestState, int]]) -> None:
+    """The soft-thinking step of the logits rows ``due`` ((row, state, response position t),
+    see SoftRuntime.due), in place: rows grouped by (config, think-end ids) load their phases
+    into the shared per-row phase logic (softgrpo.rollout.ThinkingPhase: soft_sample with the
+    request's noise key and offset t), store the records, write the phases back, and leave the
+    step's text token the only finite logit. The one sampling step of both runners."""
+    groups: dict[tuple, list[tuple[int, RequestState, int]]] = {}
+    for item in due:
+        groups.setdefault((item[1].config, item[1].think_end), []).append(item)
+    for (config, think_end), items in groups.items():
+        n, device = len(items), logits.device
+        rows = torch.tensor([row for row, _, _ in items], device=device)
+        states = [state for _, state, _ in items]
         phase = ThinkingPhase(list(think_end), n, config, device)
         phase.thinking = torch.tensor([s.thinking for s in states], device=device)
         phase.steps = torch.tensor([s.thinking_steps for s in states], device=device)
         phase.forced_at = torch.tensor([s.forced_at for s in states], device=device)
         phase.tracker.window = torch.stack([s.window for s in states]).to(device)
         keys = torch.tensor([s.key for s in states], dtype=torch.int64, device=device)
+        offsets = torch.tensor([t for _, _, t in items], device=device)
         sample, soft, forced = phase.step(logits[rows], keys, torch.arange(n, device=device),
-                                          offsets.to(device))
+                                          offsets)
         ids, perturbed = sample.ids.cpu(), sample.perturbed.cpu()
         tokens, logprobs = sample.token.tolist(), sample.logprob.tolist()
         soft, forced = soft.tolist(), forced.tolist()
@@ -197,6 +146,94 @@ class SoftThinkingLogitsProcessor(LogitsProcessor):
             state.append(ids[i], perturbed[i], tokens[i], logprobs[i], soft[i], forced[i])
             state.thinking, state.thinking_steps = thinking[i], steps[i]
             state.forced_at, state.window = forced_at[i], windows[i]
-        chosen = sample.token.to(device)
         logits[rows] = -math.inf
-        logits[rows, chosen] = 0.0
+        logits[rows, sample.token.to(device)] = 0.0
+
+
+def _interfaces() -> tuple[type, ...]:
+    """The logits-processor base classes the installed vLLM has: the V1 runner's (vLLM <=
+    0.33), Model Runner V2's (vLLM >= 0.31), or both."""
+    bases = []
+    for module in ("vllm.v1.sample.logits_processor",
+                   "vllm.v1.worker.gpu.sample.logits_processor"):
+        try:
+            bases.append(importlib.import_module(module).LogitsProcessor)
+        except ImportError:
+            continue
+    return tuple(bases)
+
+
+def find(processors) -> SoftThinkingLogitsProcessor:
+    """The one SoftThinkingLogitsProcessor among an engine's logits processors
+    (RuntimeError unless exactly one)."""
+    found = [p for p in processors if isinstance(p, SoftThinkingLogitsProcessor)]
+    if len(found) != 1:
+        raise RuntimeError(f"the engine has {len(found)} SoftThinkingLogitsProcessor (need "
+                           "exactly one; pass logits_processors from engine_options())")
+    return found[0]
+
+
+_NOT_LOADED = ("softgrpo: a soft-thinking request reached the sampler but the model did not "
+               "see it; create the engine with softgrpo.adapters.vllm.create_engine or "
+               "engine_options(), which load the soft-input model")
+
+
+class SoftThinkingLogitsProcessor(*_interfaces()):
+    """Samples soft-thinking steps with softgrpo.soft_sample, under either model runner.
+
+    V1 runner: vLLM calls ``__init__(vllm_config, device, is_pin_memory)``, ``update_state``
+    with the persistent batch's add/remove/move events and ``apply(logits)`` on the batch
+    rows. Model Runner V2: ``__init__(vllm_config, req_states)``, ``add_request(slot,
+    params)`` and ``apply(logits, ctx)`` with ``ctx.expanded_idx_mapping`` mapping rows to
+    request slots (rows reorder every step, slots are recycled; the soft-input model state
+    binds each slot to its request's state when the request is added, just before this
+    processor's add_request). Not argmax-invariant: it replaces a soft request's logits by a
+    one-hot choice of the step's text token; ordinary requests in the batch are untouched."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        validate(sampling_params)
+
+    def __init__(self, vllm_config, *runner_args) -> None:
+        self.runtime = SoftRuntime()
+
+    # -- V1 runner ------------------------------------------------------------------------
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update) -> None:
+        from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+        process_dict_updates(self.runtime.rows, batch_update, lambda params, prompt, output:
+                             self.runtime.state_for(parse(params), len(prompt or ()),
+                                                    len(output)))
+
+    # -- Model Runner V2 ------------------------------------------------------------------
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        parsed = parse(sampling_params)
+        if parsed is None:
+            return False
+        state = self.runtime.rows.get(req_idx)
+        if state is None or state.tag != parsed[3]:
+            raise RuntimeError(_NOT_LOADED)
+        return True
+
+    # -- both -----------------------------------------------------------------------------
+    def apply(self, logits: torch.Tensor, ctx=None) -> torch.Tensor:
+        if not self.runtime.rows:
+            return logits
+        if ctx is None:  # V1: the batch rows, with the positions the model's forward saw
+            last = self.runtime.last_position
+            if any(row not in last for row in self.runtime.rows):
+                raise RuntimeError(_NOT_LOADED)
+            rows = [(row, state, last[row]) for row, state in self.runtime.rows.items()]
+        else:  # V2: logits rows -> request slots, with the position of each row's input
+            if ctx.expanded_idx_mapping.shape[0] != ctx.idx_mapping.shape[0]:
+                raise RuntimeError("softgrpo: several logits rows per request (speculative "
+                                   "decoding) are not supported")
+            slots, positions = ctx.expanded_idx_mapping.tolist(), ctx.pos.tolist()
+            rows = [(row, self.runtime.rows[slot], position)
+                    for row, (slot, position) in enumerate(zip(slots, positions))
+                    if slot in self.runtime.rows]
+        sample_rows(logits, self.runtime.due(rows))
+        return logits

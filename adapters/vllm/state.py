@@ -1,20 +1,24 @@
-"""Per-request soft-thinking state inside the vLLM worker, shared by the model and the logits
-processor.
+"""Per-request soft-thinking state inside the vLLM worker, shared by both model runners, the
+soft-input path and the logits processor.
 
 Everything is keyed by the request's own tag (carried in SamplingParams.extra_args), never by
-its batch row: a :class:`SoftRuntime` maps the persistent batch's current rows to
-:class:`RequestState` objects (rebuilt from vLLM's BatchUpdate add/remove/move events), and
-each state holds its phase and every record it produced, so a request that is preempted and
-later recomputed from its tokens gets its soft inputs back.
+where the runner keeps it: a :class:`SoftRuntime` maps the runner's current keys (the V1
+runner's persistent-batch rows, rebuilt from its BatchUpdate add/remove/move events; Model
+Runner V2's request slots, bound when a request is added) to :class:`RequestState` objects,
+and each state holds its phase and every record it produced. A request that is preempted
+and later recomputed from its tokens (both runners drop its KV cache) is bound again to the
+same state, so its soft inputs are replayed from the stored records (the decision for
+preemption: replay, never resample).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from softgrpo import noise_key, soft_token_embedding
+from softgrpo import noise_key
 from softgrpo.rollout import SoftThinkingConfig
 
 _INITIAL_STEPS = 64
@@ -68,31 +72,75 @@ class RequestState:
                 "soft": self.soft, "forced": self.forced, "resumes": self.resumes}
 
 
+# records (n, k) ids, (n, k) perturbed values, tau -> (n, H) input embeddings
+RecordEmbedder = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
 @dataclass
 class SoftRuntime:
-    """The worker-side registry: states by tag, the batch rows that hold soft requests, and
-    the last position each row reached in the latest forward (written by the model, read by
-    the logits processor to tell a real sampling step from a partial prefill)."""
+    """The worker-side registry: states by tag, the runner's keys (V1 batch rows, V2 request
+    slots) that hold soft requests, and, set when the engine is attached, the model's record
+    -> input-embedding map. V1 runner only: the batch rows' token offsets in the current
+    forward (batch_layout) and the last position each row reached in it (written by the
+    model, read by the logits processor to tell a real sampling step from a partial prefill;
+    Model Runner V2 hands the processor the positions itself)."""
 
     states: dict[str, RequestState] = field(default_factory=dict)
     rows: dict[int, RequestState] = field(default_factory=dict)
+    embed_records: RecordEmbedder | None = None
+    batch_layout: Callable[[], list[int]] | None = None
     last_position: dict[int, int] = field(default_factory=dict)
+
+    def state_for(self, parsed, prompt_len: int, outputs: int) -> RequestState | None:
+        """The state of a request the runner (re-)adds: ``parsed`` is processor.parse's
+        (config, sequence id, think-end ids, tag), None for an ordinary request; ``outputs``
+        the output tokens it comes back with (non-zero after preemption: they must be
+        exactly its records, which its recompute replays)."""
+        if parsed is None:
+            return None
+        config, sequence_id, think_end, tag = parsed
+        state = self.states.get(tag)
+        if state is None:
+            state = RequestState(tag, config, sequence_id, think_end, prompt_len)
+            self.states[tag] = state
+        elif outputs != state.length or prompt_len != state.prompt_len:
+            raise RuntimeError(f"softgrpo: request {tag} came back with {outputs} output "
+                               f"tokens after a prompt of {prompt_len} but has {state.length} "
+                               f"records after a prompt of {state.prompt_len}")
+        else:
+            state.resumes += 1
+        return state
 
     def take(self, tags: list[str]) -> dict[str, dict]:
         """Remove and return the records of ``tags`` (missing tags are left out)."""
         return {tag: self.states.pop(tag).records() for tag in tags if tag in self.states}
 
+    def due(self, rows: list[tuple[int, RequestState, int]]
+            ) -> list[tuple[int, RequestState, int]]:
+        """(logits row, state, t) of the rows whose logits are a real step, from (logits row,
+        state, position of the row's last input token): response position t = last + 1 -
+        prompt length is due when it is the request's next record (a row still in chunked
+        prefill ends earlier and is skipped; vLLM discards its sample)."""
+        due = []
+        for row, state, last in rows:
+            t = last + 1 - state.prompt_len
+            if t > state.length:
+                raise RuntimeError(f"softgrpo: request {state.tag} samples response position "
+                                   f"{t} but has only {state.length} records")
+            if t == state.length:
+                due.append((row, state, t))
+        return due
+
     def soft_inputs(self, embeds: torch.Tensor, positions: torch.Tensor,
-                    query_start_loc: list[int] | None, table: torch.Tensor) -> torch.Tensor:
+                    query_start_loc: list[int], rows: dict[int, RequestState]) -> torch.Tensor:
         """Replace, in the flattened token batch ``embeds`` (N, H), the input of every soft
-        request's position P + t whose record t is a soft row by soft_token_embedding of the
-        record (spec 2.8); record each row's last position. ``query_start_loc``: the batch
-        rows' token offsets (rows in the persistent batch's order), None in a dummy run."""
+        request's position P + t whose record t is a soft row by the model's embedding of the
+        record (sum_j w_j E[ids_j], spec 2.8); record each batch row's last position.
+        ``query_start_loc``: the batch rows' token offsets; ``rows``: batch row -> state of
+        the rows that hold soft requests."""
         self.last_position = {}
-        if not self.rows or query_start_loc is None:
-            return embeds
         where, picks = [], []
-        for row, state in self.rows.items():
+        for row, state in rows.items():
             if row + 1 >= len(query_start_loc):
                 raise RuntimeError(f"softgrpo: batch row {row} holds a soft-thinking request "
                                    f"but the forward has {len(query_start_loc) - 1} rows")
@@ -119,7 +167,6 @@ class SoftRuntime:
             where = torch.tensor(where)
             for tau in taus.unique().tolist():
                 pick = taus == tau
-                soft = soft_token_embedding(table, ids[pick].to(table.device),
-                                            perturbed[pick].to(table.device), tau)
+                soft = self.embed_records(ids[pick], perturbed[pick], tau)
                 embeds[where[pick].to(embeds.device)] = soft.to(embeds.dtype)
         return embeds

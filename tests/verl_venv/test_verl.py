@@ -215,7 +215,7 @@ def _reference_log_probs(model, rollout) -> torch.Tensor:
     perturbed = torch.cat([torch.zeros(prompt_records.shape), rollout.perturbed], 1)
     mask = torch.cat([rollout.prompt_mask, rollout.response_mask], 1).long()
     with torch.no_grad():
-        embeds = InputEmbedder(model).records(ids, perturbed, CONFIG)
+        embeds = InputEmbedder(model).records(ids, perturbed, CONFIG.tau)
         logits = model(inputs_embeds=embeds, attention_mask=mask,
                        position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
         lp = soft_logprob(logits[:, prompt - 1:-1], rollout.topk_ids, rollout.perturbed,

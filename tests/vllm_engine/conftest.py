@@ -22,33 +22,20 @@ else:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-
-# The Qwen2 engine runs under pressure: 4 usable KV blocks of 32 tokens (one max_model_len;
-# vLLM keeps one block back), at most 4 sequences and 32 scheduled tokens per step, so long
-# batches are chunk-prefilled, preempted and recomputed.
-QWEN_ENGINE = dict(dtype="float32", max_model_len=128, max_num_seqs=4, block_size=32,
-                   kv_cache_memory_bytes=5 * 32 * 1024, max_num_batched_tokens=32,
-                   disable_log_stats=False)
-LLAMA_ENGINE = dict(dtype="float32", max_model_len=256, max_num_seqs=8,
-                    kv_cache_memory_bytes=2**22)
+from vllm_helpers import LLAMA_ENGINE, QWEN_ENGINE
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """name -> (directory, HF model, tokenizer): qwen2 (one-token </think>), llama (</think>
-    split into "</" "think" ">"), qwen2_other (qwen2 with other weights, for load_weights)."""
-    from hf_models import make_model, make_tokenizer
+    split into "</" "think" ">"), qwen2_other (qwen2 with other weights, for load_weights),
+    qwen3 and gemma (tied, embeddings scaled by sqrt(H))."""
+    from hf_models import save_checkpoints
 
-    out = {}
-    for name, arch, split, seed in (("qwen2", "qwen2", False, 0), ("llama", "llama", True, 1),
-                                    ("qwen2_other", "qwen2", False, 2)):
-        tokenizer = make_tokenizer(split)
-        model = make_model(arch, len(tokenizer), hidden=128, tokenizer=tokenizer, seed=seed)
-        path = tmp_path_factory.mktemp(name)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        out[name] = (path, model, tokenizer)
-    return out
+    return save_checkpoints(tmp_path_factory, (
+        ("qwen2", "qwen2", False, 0), ("llama", "llama", True, 1),
+        ("qwen2_other", "qwen2", False, 2), ("qwen3", "qwen3", False, 3),
+        ("gemma", "gemma", True, 4)))
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +47,23 @@ def qwen(checkpoints):
     return create_engine(path, **QWEN_ENGINE), model, tokenizer
 
 
-@pytest.fixture(scope="session")
-def llama(checkpoints):
+def _engine(checkpoints, name: str):
     from softgrpo.adapters.vllm import create_engine
 
-    path, model, tokenizer = checkpoints["llama"]
+    path, model, tokenizer = checkpoints[name]
     return create_engine(path, **LLAMA_ENGINE), model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def llama(checkpoints):
+    return _engine(checkpoints, "llama")
+
+
+@pytest.fixture(scope="session")
+def qwen3(checkpoints):
+    return _engine(checkpoints, "qwen3")
+
+
+@pytest.fixture(scope="session")
+def gemma(checkpoints):
+    return _engine(checkpoints, "gemma")

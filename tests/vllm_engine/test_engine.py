@@ -10,7 +10,7 @@ import torch
 import vllm
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
-from vllm_helpers import assert_same_rollout, replay_errors
+from vllm_helpers import LLAMA_ENGINE, assert_same_rollout, replay_errors
 
 from softgrpo.adapters import hf
 from softgrpo.adapters import vllm as sv
@@ -31,8 +31,6 @@ def plain(checkpoints, qwen):
 @pytest.fixture(scope="session")
 def own(checkpoints, llama):
     """The caller's own vllm.LLM built with engine_options."""
-    from conftest import LLAMA_ENGINE
-
     path = checkpoints["llama"][0]
     return vllm.LLM(str(path), enforce_eager=True, **LLAMA_ENGINE, **sv.engine_options(path))
 
@@ -88,25 +86,45 @@ def test_bad_generate_arguments_rejected(qwen, kwargs, error, message):
         sv.generate(llm, tokenizer, PROMPTS, **kwargs)
 
 
-def test_unsupported_engine_refused(checkpoints, plain):
+def test_unsupported_engine_refused(checkpoints, plain, monkeypatch):
     """An engine without softgrpo's options would sample ordinary tokens: refused, naming the
-    supported versions and runners. So are unsupported versions, conflicting options and
-    architectures without a soft-input model."""
+    supported versions and runners. So are unsupported versions and runners, conflicting
+    options and architectures that cannot take soft inputs."""
     path, _, tokenizer = checkpoints["qwen2"]
-    with pytest.raises(RuntimeError, match="does not feed soft inputs.*Supported: vLLM 0.32"):
+    with pytest.raises(RuntimeError, match="prefix caching must be off.*Supported: vLLM 0.24 to "
+                                           "0.34"):
         sv.generate(plain, tokenizer, PROMPTS, SoftThinkingConfig(max_new_tokens=4))
-    with pytest.raises(RuntimeError, match="does not support vLLM 0.31.2.*V1 model runner"):
-        sv.check_version("0.31.2")
-    sv.check_version("0.32.9")
+    for version in ("0.23.1", "0.35.0", "1.0.0"):
+        with pytest.raises(RuntimeError, match=f"does not support vLLM {version}.*V1 model "
+                                               "runner on 0.24-0.33"):
+            sv.check_version(version)
+    for version in ("0.24.0", "0.32.9", "0.34.1+cpu"):
+        sv.check_version(version)
+    with pytest.raises(RuntimeError, match="Model Runner V2 is not supported with vLLM 0.30.0"):
+        sv.check_runner(True, "0.30.0")
+    with pytest.raises(RuntimeError, match="V1 model runner is not supported with vLLM 0.34.0"):
+        sv.check_runner(False, "0.34.0")
+    sv.check_runner(True, "0.31.0")
+    sv.check_runner(False, "0.33.2")
     with pytest.raises(ValueError, match="enable_prefix_caching"):
         sv.create_engine(path, enable_prefix_caching=True)
+    for value, runner in (("0", False), ("1", True)):  # the user's choice, checked up front
+        monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", value)
+        assert sv.engine.requested_runner() is runner
+        sv.engine_options(path)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "yes")
+    with pytest.raises(RuntimeError, match="must be 0 or 1.*Supported: vLLM 0.24"):
+        sv.engine_options(path)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
     config = json.loads((path / "config.json").read_text())
-    phi = path.parent / "phi"
-    phi.mkdir()
-    (phi / "config.json").write_text(json.dumps({**config, "architectures": ["PhiForCausalLM"],
-                                                 "model_type": "phi"}))
-    with pytest.raises(ValueError, match="no soft-input model.*LlamaForCausalLM"):
-        sv.engine_options(phi)
+    for arch, message in (("MambaForCausalLM", "cannot take soft inputs: an? .*model"),
+                          ("PaliGemmaForConditionalGeneration", "a multimodal model"),
+                          ("NoSuchForCausalLM", "no loadable model class")):
+        other = path.parent / arch
+        other.mkdir()
+        (other / "config.json").write_text(json.dumps({**config, "architectures": [arch]}))
+        with pytest.raises(ValueError, match=f"{arch}.*{message}|{message}.*{arch}"):
+            sv.engine_options(other)
 
 
 def test_own_llm_with_ordinary_requests_beside(checkpoints, llama, own):

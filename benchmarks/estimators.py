@@ -2,6 +2,9 @@
 
     python -m benchmarks.estimators [--draws N] [--out FILE]
 
+(Multiplex Thinking's likelihoods on the same bandit: benchmarks/estimators_multiplex.py, the
+second section of the page.)
+
 One soft step (spec 2) with policy logits THETA (V = 8, K = 5, T = 1, noise scale 1), rolled
 out by ``softgrpo.soft_sample`` and scored by ``softgrpo.soft_logprob`` (spec 9). An
 estimator's draw is (R - b) * score, b = E[R] (GRPO centres its rewards); the score of draw i
@@ -194,16 +197,19 @@ def scores(sample: softgrpo.SoftSample, estimator: Estimator) -> torch.Tensor:
     return logits.grad.double()
 
 
-def compare(reward: torch.Tensor, score: torch.Tensor, truth: Truth) -> dict[str, float]:
-    """Metrics of the per-draw estimates (R - E[R]) * score, from the draws' rewards R (n,) and
-    scores (n, V), against the true gradient.
+def compare(reward: torch.Tensor, score: torch.Tensor, truth: Truth,
+            pathwise: torch.Tensor | None = None) -> dict[str, float]:
+    """Metrics of the per-draw estimates (R - E[R]) * score (+ pathwise, a per-draw gradient
+    of R at fixed draws), from the draws' rewards R (n,) and scores (n, V), against the true
+    gradient.
 
     ratio = <mean, true> / |true|^2 (with its standard error), cosine, noise/signal draws =
     E|g_i - mean|^2 / |mean|^2 (spec 9: the draws that make the mean's noise equal its
     signal), max |z| over the components with a non-zero standard error (the estimate's and the
     truth's combined), and the ratio without the baseline (b = 0)."""
     n, t = len(reward), truth.grad
-    per_draw = (reward - truth.mean_reward)[:, None] * score
+    direct = 0.0 if pathwise is None else pathwise
+    per_draw = (reward - truth.mean_reward)[:, None] * score + direct
     mean = per_draw.mean(0)
     se = (per_draw.var(0) / n + truth.se**2).sqrt()
     active = se > 1e-12
@@ -213,7 +219,7 @@ def compare(reward: torch.Tensor, score: torch.Tensor, truth: Truth) -> dict[str
         cosine=float(mean @ t / (mean.norm() * t.norm())),
         noise_draws=float((per_draw - mean).pow(2).sum(-1).mean() / (mean @ mean)),
         max_z=float(((mean - t)[active] / se[active]).abs().max()),
-        ratio_no_baseline=float((reward[:, None] * score).mean(0) @ t / (t @ t)))
+        ratio_no_baseline=float((reward[:, None] * score + direct).mean(0) @ t / (t @ t)))
 
 
 def frequency_z(sample: softgrpo.SoftSample, top_p: float,
@@ -370,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="rollouts per (top_p, tau, rollout law)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/estimators.md"))
     args = parser.parse_args(argv)
+    from benchmarks import estimators_multiplex as multiplex
+
     rows, checks = run(args.draws, progress=True)
+    mx_rows, mx_checks = multiplex.run(args.draws, progress=True)
     command = "python -m benchmarks.estimators" + ("" if args.draws == 400_000
                                                    else f" --draws {args.draws}")
-    text = report(rows, checks, args.draws, command)
+    text = "\n".join([report(rows, checks, args.draws, command),
+                      *multiplex.report(mx_rows, mx_checks, args.draws)])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -12,6 +12,12 @@ rows' nonzero in the same backward does.
 Discrete rows: the reference's block loops with cuBLAS GEMMs in the input dtype, and a Triton
 kernel per logits block that folds the block into the running log-sum-exp (forward) or turns
 the recomputed block into its gradient in place (backward).
+
+multiplex_logprob_from_hidden: a gather-GEMV kernel stores the K + W logits of each row's
+draws and kept set (slot 0 only for a discrete row); the rows normalised over the vocabulary
+take the block loops above; the per-row arithmetic on those (N, K + W) values is the
+reference's (softgrpo/reference/multiplex_logprob.py). Its backward adds the coefficients'
+head rows to grad_hidden in a kernel and reduces grad_weight per id as above.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import triton.language as tl
 
 from softgrpo.kernels.embedding import discrete_row
 from softgrpo.kernels.logprob import FP_FUSION, LIKELIHOOD_CODES, soft_row, soft_row_grad
+from softgrpo.reference import multiplex_logprob as mlp
 from softgrpo.reference.common import compute_dtype, is_discrete
 from softgrpo.reference.fused_linear import (
     cast_grads,
@@ -98,14 +105,54 @@ def _soft_bwd_kernel(go_ptr, h_ptr, w_ptr, b_ptr, ids_ptr, y_ptr, gh_ptr, coef_p
     d_zk = tl.where(disc, tl.where(offs_k == 0, go / temperature, 0.0), d_zk)
     d_zk = tl.where(k_mask, d_zk, 0.0)
     tl.store(coef_ptr + row * K + offs_k, d_zk, mask=k_mask)
+    _add_head_rows(gh_ptr + row * stride_gh, d_zk, w_ptr, ids, k_mask, H, stride_w, BLOCK_H,
+                   ACC)
+
+
+@triton.jit
+def _add_head_rows(gh_row, c, w_ptr, ids, k_mask, H, stride_w, BLOCK_H: tl.constexpr,
+                   ACC: tl.constexpr):
+    """grad_h[row] += sum_j c_j W[ids_j] (c zero outside k_mask)."""
     for h0 in range(0, H, BLOCK_H):
         offs = h0 + tl.arange(0, BLOCK_H)
         h_mask = offs < H
         w = tl.load(w_ptr + ids[:, None] * stride_w + offs[None, :],
                     mask=k_mask[:, None] & h_mask[None, :], other=0.0).to(ACC)
-        gh = gh_ptr + row * stride_gh + offs
-        tl.store(gh, tl.load(gh, mask=h_mask, other=0.0) + tl.sum(d_zk[:, None] * w, axis=0),
+        gh = gh_row + offs
+        tl.store(gh, tl.load(gh, mask=h_mask, other=0.0) + tl.sum(c[:, None] * w, axis=0),
                  mask=h_mask)
+
+
+@triton.jit
+def _gather_setup(ids_ptr, wide_ptr, row, M, BLOCK_K: tl.constexpr):
+    """Slots a row reads: all M when wide, else slot 0 only."""
+    offs_k = tl.arange(0, BLOCK_K)
+    width = tl.where(tl.load(wide_ptr + row) != 0, M, 1)
+    k_mask = offs_k < width
+    ids = tl.load(ids_ptr + row * M + offs_k, mask=k_mask, other=0).to(tl.int64)
+    return offs_k, k_mask, ids
+
+
+@triton.jit
+def _gather_fwd_kernel(h_ptr, w_ptr, b_ptr, ids_ptr, wide_ptr, out_ptr, M, H, stride_h,
+                       stride_w, temperature, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr,
+                       BLOCK_H: tl.constexpr, ACC: tl.constexpr):
+    """The M logits (h . W[ids_j] + b[ids_j]) / T of a row (slot 0 only where not wide)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_k, k_mask, ids = _gather_setup(ids_ptr, wide_ptr, row, M, BLOCK_K)
+    zk = _row_logits(h_ptr + row * stride_h, w_ptr, b_ptr, ids, k_mask, H, stride_w,
+                     temperature, HAS_BIAS, BLOCK_K, BLOCK_H, ACC)
+    tl.store(out_ptr + row * M + offs_k, tl.where(k_mask, zk, 0.0), mask=offs_k < M)
+
+
+@triton.jit
+def _gather_bwd_kernel(coef_ptr, w_ptr, ids_ptr, wide_ptr, gh_ptr, M, H, stride_w, stride_gh,
+                       BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, ACC: tl.constexpr):
+    """grad_h[row] += sum_j coef_j W[ids_j] over the slots the row reads."""
+    row = tl.program_id(0).to(tl.int64)
+    offs_k, k_mask, ids = _gather_setup(ids_ptr, wide_ptr, row, M, BLOCK_K)
+    c = tl.load(coef_ptr + row * M + offs_k, mask=k_mask, other=0.0).to(ACC)
+    _add_head_rows(gh_ptr + row * stride_gh, c, w_ptr, ids, k_mask, H, stride_w, BLOCK_H, ACC)
 
 
 @triton.jit
@@ -291,13 +338,76 @@ def soft_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tens
                            HAS_BIAS=bias is not None, LIKELIHOOD=LIKELIHOOD_CODES[likelihood],
                            MEAN=reduction == "mean", BLOCK_K=block_k, BLOCK_H=block_h, ACC=acc,
                            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
-    # a discrete row's slots 1.. carry no gradient: key V sorts them last, in no segment
-    padding = is_discrete(ids2)[:, None] & (torch.arange(k, device=h.device) >= 1)
-    keys, order, bounds = _segments(torch.where(padding, w.shape[0], ids2).reshape(-1),
-                                    w.shape[0])
+    _scatter_head_rows(coef, h, ids2, ~is_discrete(ids2), grad_w, grad_b, grad_h, acc)
+    return cast_grads(grad_h, grad_w, grad_b, hidden, weight, bias)
+
+
+def _scatter_head_rows(coef: Tensor, h: Tensor, ids2: Tensor, wide: Tensor, grad_w: Tensor,
+                       grad_b: Tensor | None, grad_h: Tensor, acc) -> None:
+    """grad_w[id] (and grad_b[id]) += the coefficients (N, M) times h of the entries with that
+    id, without float atomics; slots >= 1 of the rows not ``wide`` carry nothing."""
+    m = ids2.shape[1]
+    vocab = grad_w.shape[0]
+    # skipped slots carry no gradient: key V sorts them last, in no segment
+    padding = ~wide[:, None] & (torch.arange(m, device=h.device) >= 1)
+    keys, order, bounds = _segments(torch.where(padding, vocab, ids2).reshape(-1), vocab)
     block_h = min(128, triton.next_power_of_2(h.shape[1]))
     _scatter_rows_kernel[(bounds.numel() - 1, triton.cdiv(h.shape[1], block_h))](
-        keys, order, bounds, coef, h, grad_w, grad_h if grad_b is None else grad_b, k,
+        keys, order, bounds, coef, h, grad_w, grad_h if grad_b is None else grad_b, m,
         h.shape[1], h.stride(0), grad_w.stride(0), HAS_BIAS=grad_b is not None, BLOCK_P=16,
         BLOCK_H=block_h, ACC=acc, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+
+
+def _multiplex_inputs(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
+                      perturbed: Tensor, kept: Tensor):
+    """(compute dtype, h, w, b, the records' layout, block_k, block_h) of the multiplex
+    launchers."""
+    h, w, b, _, _ = _inputs(hidden, weight, bias, ids, perturbed)
+    lay = mlp.layout(ids, perturbed, kept)
+    return (compute_dtype(hidden, weight, perturbed), h, w, b, lay,
+            *_row_blocks(lay.cols.shape[1], h.shape[1]))
+
+
+def multiplex_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None,
+                                  ids: Tensor, perturbed: Tensor, kept: Tensor,
+                                  temperature: float, chunk_size: int
+                                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """softgrpo.reference.multiplex_logprob_from_hidden with the gathered logits and the
+    full-vocabulary normaliser's blocks in Triton; the per-row arithmetic on (N, K + W)
+    values is the reference's."""
+    dtype, h, w, b, lay, block_k, block_h = _multiplex_inputs(hidden, weight, bias, ids,
+                                                              perturbed, kept)
+    n, m = lay.cols.shape
+    zk = torch.zeros((n, m), dtype=dtype, device=h.device)
+    if n:
+        _gather_fwd_kernel[(n,)](h, w, b, lay.cols, lay.wide.to(torch.uint8), zk, m,
+                                 h.shape[1], h.stride(0), w.stride(0), temperature,
+                                 HAS_BIAS=bias is not None, BLOCK_K=block_k, BLOCK_H=block_h,
+                                 ACC=_acc(dtype), num_warps=NUM_WARPS,
+                                 enable_fp_fusion=FP_FUSION)
+    _, lse = subtract_normalisers(torch.zeros(n, dtype=dtype, device=h.device), h, w,
+                                  _bias(bias, b), lay.cols, temperature, chunk_size, w.dtype,
+                                  _block_lse, lay.full)
+    return mlp.slot_logprobs(zk, lse, lay).reshape(ids.shape), lse, zk
+
+
+def multiplex_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tensor,
+                                           bias: Tensor | None, ids: Tensor, perturbed: Tensor,
+                                           kept: Tensor, lse: Tensor, zk: Tensor,
+                                           temperature: float, chunk_size: int
+                                           ) -> tuple[Tensor, Tensor, Tensor]:
+    dtype, h, w, b, lay, block_k, block_h = _multiplex_inputs(hidden, weight, bias, ids,
+                                                              perturbed, kept)
+    n, m = lay.cols.shape
+    coef, go = mlp.slot_coefficients(grad.to(dtype), zk, lay, temperature)
+    coef = coef.contiguous()
+    grad_h, grad_w, grad_b = normaliser_backward(go, h, w, _bias(bias, b), lay.cols,
+                                                 lse.to(dtype), temperature, chunk_size,
+                                                 w.dtype, dtype, w.dtype, _block_grad, lay.full)
+    if n:
+        _gather_bwd_kernel[(n,)](coef, w, lay.cols, lay.wide.to(torch.uint8), grad_h, m,
+                                 h.shape[1], w.stride(0), grad_h.stride(0), BLOCK_K=block_k,
+                                 BLOCK_H=block_h, ACC=_acc(dtype), num_warps=NUM_WARPS,
+                                 enable_fp_fusion=FP_FUSION)
+        _scatter_head_rows(coef, h, lay.cols, lay.wide, grad_w, grad_b, grad_h, _acc(dtype))
     return cast_grads(grad_h, grad_w, grad_b, hidden, weight, bias)

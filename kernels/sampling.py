@@ -147,12 +147,17 @@ def _scan(row_ptr, lo, hi, temperature, KMAX: tl.constexpr, BLOCK: tl.constexpr,
 
 
 @triton.jit
-def _gumbel(seed, offset, ids):
-    """Gumbel(0, 1) noise of softgrpo/philox.py: Philox keyed by seed, counter (id, offset)."""
-    r = tl.randint(seed, (offset << 32) | ids).to(tl.uint32, bitcast=True)
+def gumbel_of(r):
+    """Gumbel(0, 1) noise of softgrpo/philox.py from one Philox output word r (uint32)."""
     # top 23 bits plus half a step: a uniform strictly inside (0, 1), exact in fp32
     u = ((r >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07
     return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _gumbel(seed, offset, ids):
+    """Gumbel(0, 1) noise of softgrpo/philox.py: Philox keyed by seed, counter (id, offset)."""
+    return gumbel_of(tl.randint(seed, (offset << 32) | ids).to(tl.uint32, bitcast=True))
 
 
 @triton.jit
@@ -161,7 +166,13 @@ def _filtered(vals, n, top_p, KMAX: tl.constexpr):
     slot = tl.arange(0, KMAX)
     v = tl.where(slot < n, vals, float("-inf"))
     e = tl.exp(v - tl.max(v, axis=0))  # the full-vocabulary normaliser cancels in the renorm
-    p = tl.math.div_rn(e, tl.sum(e, axis=0))
+    return nucleus(tl.math.div_rn(e, tl.sum(e, axis=0)), n, top_p, KMAX)
+
+
+@triton.jit
+def nucleus(p, n, top_p, KMAX: tl.constexpr):
+    """Top-p on the first n of probabilities p sorted descending, renormalised; 0 elsewhere."""
+    slot = tl.arange(0, KMAX)
     acc = tl.full([], 0.0, tl.float64)
     cum = tl.zeros([KMAX], tl.float32)
     prev = tl.full([], -1.0, tl.float32)
@@ -172,7 +183,7 @@ def _filtered(vals, n, top_p, KMAX: tl.constexpr):
         tie = tl.where(p_r == prev, tie, acc.to(tl.float32))  # a tie keeps its first slot's sum
         prev = p_r
         cum = tl.where(slot == r, tie, cum)
-    p = tl.where(cum - p > top_p, 0.0, p)  # cut once the mass before a slot (its tie) > top_p
+    p = tl.where((cum - p > top_p) | (slot >= n), 0.0, p)  # cut once the mass before > top_p
     return tl.math.div_rn(p, tl.sum(p, axis=0))
 
 
@@ -263,20 +274,10 @@ def _chunk_kernel(logits_ptr, stride_b, V, chunk, n_chunks, temperature, keys_pt
     tl.store(sum_ptr + pid, s)
 
 
-@triton.jit(do_not_specialize=["n_chunks", "k", "discrete_k"])
-def _merge_kernel(keys_ptr, max_ptr, sum_ptr, n_chunks, seed_ptr, offset_ptr, thinking_ptr,
-                  ids_ptr, perturbed_ptr, weights_ptr, logprob_ptr, lse_ptr, k, discrete_k,
-                  top_p, discrete_top_p, tau, noise_scale, clamp_lo, clamp_hi, mask_threshold,
-                  eps, KMAX: tl.constexpr, CHUNKS: tl.constexpr, NOISE: tl.constexpr):
-    """Stage 2: one program per row merges its chunks' keys and normalisers, then finishes."""
-    row = tl.program_id(0)
+@triton.jit
+def merge_normalisers(max_ptr, sum_ptr, n_chunks, row, CHUNKS: tl.constexpr):
+    """log-sum-exp of a row from its chunks' maxima and rescaled sums of exp."""
     base = row.to(tl.int64) * n_chunks
-    topk = tl.load(keys_ptr + base * KMAX + tl.arange(0, KMAX))  # chunk 0's set primes the merge
-    thr = tl.min(topk, axis=0)
-    for start in range(KMAX, n_chunks * KMAX, CHUNKS * KMAX):
-        offs = start + tl.arange(0, CHUNKS * KMAX)
-        key = tl.load(keys_ptr + base * KMAX + offs, mask=offs < n_chunks * KMAX, other=_SENT)
-        topk, thr = _insert(topk, thr, key, KMAX)
     m = tl.full([], float("-inf"), tl.float32)
     s = tl.full([], 0.0, tl.float32)
     for start in range(0, n_chunks, CHUNKS):
@@ -285,7 +286,32 @@ def _merge_kernel(keys_ptr, max_ptr, sum_ptr, n_chunks, seed_ptr, offset_ptr, th
         part_m = tl.load(max_ptr + base + offs, mask=mask, other=float("-inf"))
         part_s = tl.load(sum_ptr + base + offs, mask=mask, other=0.0)
         m, s = _accumulate(m, s, tl.max(part_m, axis=0), part_m, part_s)
-    _finish(topk, m + tl.log(s), row, seed_ptr, offset_ptr, thinking_ptr, ids_ptr,
+    return m + tl.log(s)
+
+
+@triton.jit
+def merge_keys(keys_ptr, max_ptr, sum_ptr, n_chunks, row, KMAX: tl.constexpr,
+               CHUNKS: tl.constexpr):
+    """A row's top-KMAX keys (unordered) and log-sum-exp from its chunks' (_chunk_kernel)."""
+    base = row.to(tl.int64) * n_chunks
+    topk = tl.load(keys_ptr + base * KMAX + tl.arange(0, KMAX))  # chunk 0's set primes the merge
+    thr = tl.min(topk, axis=0)
+    for start in range(KMAX, n_chunks * KMAX, CHUNKS * KMAX):
+        offs = start + tl.arange(0, CHUNKS * KMAX)
+        key = tl.load(keys_ptr + base * KMAX + offs, mask=offs < n_chunks * KMAX, other=_SENT)
+        topk, thr = _insert(topk, thr, key, KMAX)
+    return topk, merge_normalisers(max_ptr, sum_ptr, n_chunks, row, CHUNKS)
+
+
+@triton.jit(do_not_specialize=["n_chunks", "k", "discrete_k"])
+def _merge_kernel(keys_ptr, max_ptr, sum_ptr, n_chunks, seed_ptr, offset_ptr, thinking_ptr,
+                  ids_ptr, perturbed_ptr, weights_ptr, logprob_ptr, lse_ptr, k, discrete_k,
+                  top_p, discrete_top_p, tau, noise_scale, clamp_lo, clamp_hi, mask_threshold,
+                  eps, KMAX: tl.constexpr, CHUNKS: tl.constexpr, NOISE: tl.constexpr):
+    """Stage 2: one program per row merges its chunks' keys and normalisers, then finishes."""
+    row = tl.program_id(0)
+    topk, lse = merge_keys(keys_ptr, max_ptr, sum_ptr, n_chunks, row, KMAX, CHUNKS)
+    _finish(topk, lse, row, seed_ptr, offset_ptr, thinking_ptr, ids_ptr,
             perturbed_ptr, weights_ptr, logprob_ptr, lse_ptr, k, discrete_k, top_p,
             discrete_top_p, tau, noise_scale, clamp_lo, clamp_hi, mask_threshold, eps, KMAX,
             NOISE)
@@ -325,6 +351,20 @@ def _n_chunks(rows: int, vocab: int, block: int, programs_per_sm: int,
     return max(1, min(wanted, math.ceil(vocab / (MIN_BLOCKS_PER_CHUNK * block))))
 
 
+def scan_layout(logits: torch.Tensor, kmax: int, block_v: int | None, n_chunks: int | None
+                ) -> tuple[torch.Tensor, int, int, int, int]:
+    """How a launcher streams (B, V) logits: (the logits as rows of unit column stride, the
+    block, scan programs per SM, chunks per row, chunk length in whole blocks); block_v and
+    n_chunks override the block (at least kmax: _prime's groups) and the chunk count."""
+    rows, vocab = logits.shape
+    logits = rows_2d(logits, vocab)
+    block = max(block_v or BLOCK_BYTES // logits.element_size(), kmax)
+    programs = PROGRAMS_PER_SM if _aligned(logits) else 2
+    chunks = n_chunks or _n_chunks(rows, vocab, block, programs, logits.device)
+    chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block  # whole blocks per chunk
+    return logits, block, programs, triton.cdiv(vocab, chunk), chunk
+
+
 def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, tau: float,
                 noise_scale: float, seed: torch.Tensor, offset: torch.Tensor,
                 thinking: torch.Tensor, clamp_lo: float, clamp_hi: float, discrete_k: int,
@@ -347,12 +387,7 @@ def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, 
     kmax = block_k(max(k, discrete_k))
     if kmax > MAX_KMAX:
         raise ValueError(f"k and discrete_k must be <= {MAX_KMAX} on CUDA, got {k}, {discrete_k}")
-    logits = rows_2d(logits, vocab)
-    block = max(block_v or BLOCK_BYTES // logits.element_size(), kmax)  # _prime's KMAX groups
-    programs = PROGRAMS_PER_SM if _aligned(logits) else 2
-    chunks = n_chunks or _n_chunks(rows, vocab, block, programs, logits.device)
-    chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block  # whole blocks per chunk
-    chunks = triton.cdiv(vocab, chunk)
+    logits, block, programs, chunks, chunk = scan_layout(logits, kmax, block_v, n_chunks)
     greedy = temperature == 0.0
     temperature = 1.0 if greedy else temperature  # greedy: the filtered distribution at T = 1
 

@@ -6,6 +6,8 @@ from softgrpo.loss import aggregate, grpo_advantages, kl_penalty, policy_loss, s
 from softgrpo.ops.embedding import gumbel_softmax_weights, soft_embedding, soft_token_embedding
 from softgrpo.ops.fused_linear import soft_logprob_from_hidden
 from softgrpo.ops.logprob import soft_logprob
+from softgrpo.ops.multiplex import MultiplexSample, multiplex_sample
+from softgrpo.ops.multiplex_logprob import multiplex_logprob, multiplex_logprob_from_hidden
 from softgrpo.ops.sampling import SoftSample, soft_sample
 from softgrpo.philox import noise_key
 from softgrpo.rewards import (
@@ -21,6 +23,7 @@ from softgrpo.rollout import Rollout, SoftThinkingConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "MultiplexSample",
     "Rollout",
     "SoftSample",
     "SoftThinkingConfig",
@@ -32,6 +35,9 @@ __all__ = [
     "last_boxed",
     "math_equal",
     "math_reward",
+    "multiplex_logprob",
+    "multiplex_logprob_from_hidden",
+    "multiplex_sample",
     "noise_key",
     "pass_at_k",
     "pass_at_k_first",

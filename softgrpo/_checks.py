@@ -33,6 +33,14 @@ def tensor(name: str, x: object, *, dtypes: Sequence[torch.dtype], min_dim: int 
     return x
 
 
+def logits_rows(logits: object) -> tuple[int, int]:
+    """(B, V) of non-empty 2-D float logits (the samplers' input)."""
+    tensor("logits", logits, dtypes=FLOAT_DTYPES, ndim=2)
+    if logits.numel() == 0:
+        raise ValueError(f"logits must be non-empty, got shape {tuple(logits.shape)}")
+    return logits.shape
+
+
 def same_device(**tensors: torch.Tensor | None) -> None:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:

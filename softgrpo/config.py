@@ -21,7 +21,8 @@ from pathlib import Path
 import yaml
 
 from softgrpo import _checks
-from softgrpo.loss import AGG_MODES, KL_KINDS
+from softgrpo.loss import AGG_MODES, KL_KINDS, MULTIPLEX_RATIOS
+from softgrpo.ops.multiplex_logprob import MULTIPLEX_LOGPROBS
 from softgrpo.rollout import SoftThinkingConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -79,6 +80,15 @@ class TrainConfig:
     # need unclamped rollout noise (noise_clamp: null)
     likelihood: str = "release"
     conditional_weight: float = 0.0  # "token" only, in [0, 1]
+    # the soft thinking policy (spec 10): "gumbel" (SofT-GRPO) or "multiplex" (Multiplex
+    # Thinking: k draws from the multiplex filter, mixed by multiplex_weighting; the
+    # likelihood, tau, noise and top_p settings above and below are the gumbel policy's)
+    soft_policy: str = "gumbel"
+    multiplex_top_k: int | None = None  # None: the full vocabulary (the release's)
+    multiplex_top_p: float = 1.0  # < 1 needs multiplex_top_k
+    multiplex_weighting: str = "weighted"  # or "uniform" (the release's enable_unweighting)
+    multiplex_logprob: str = "filtered"  # a draw's normaliser: kept set (exact) or "full"
+    multiplex_ratio: str = "slot"  # PPO ratio per draw (the release's) or "joint" per step
 
     # -- rollout (spec 2 and 6) --------------------------------------------------------------
     backend: str = "hf"  # "hf", "vllm", or "module:factory" (factory(model, tokenizer))
@@ -155,6 +165,11 @@ class TrainConfig:
         one_of("algorithm", ALGORITHMS)
         one_of("kl_kind", KL_KINDS)
         one_of("loss_agg", AGG_MODES)
+        one_of("multiplex_logprob", MULTIPLEX_LOGPROBS)
+        one_of("multiplex_ratio", MULTIPLEX_RATIOS)
+        if self.soft_policy == "multiplex" and self.backend == "vllm":
+            raise ValueError("soft_policy 'multiplex' runs with backend 'hf' (the vLLM adapter "
+                             "does not carry multiplex records yet)")
         one_of("dtype", ("auto", "float32", "bfloat16", "float16"))
         one_of("warm_start_teacher", TEACHERS)
         self.eval_mode_list()
@@ -222,7 +237,9 @@ class TrainConfig:
             after_top_p=self.after_top_p, think_end=self.think_end,
             max_new_tokens=self.max_response_length,
             max_thinking_tokens=self.max_thinking_tokens,
-            seed=self.seed if seed is None else seed, mode=mode or self.mode)
+            seed=self.seed if seed is None else seed, mode=mode or self.mode,
+            soft_policy=self.soft_policy, multiplex_top_k=self.multiplex_top_k,
+            multiplex_top_p=self.multiplex_top_p, multiplex_weighting=self.multiplex_weighting)
 
     def eval_mode_list(self) -> list[str]:
         """The decoding modes evaluated before and after training: the algorithm's own

@@ -7,6 +7,16 @@ log-prob is the Gumbel-reparameterised density of softgrpo.soft_logprob (spec se
 an answer position's is the ordinary token log-prob; for GRPO every position's is the token
 log-prob. Old, new and reference log-probs must all come from the same function.
 
+Multiplex Thinking (spec section 10) scores a thinking position by K per-draw log-probs, (B, L, K)
+with a slot mask (B, L, K) (a discrete row counts slot 0 only). Two ratios: "slot", the
+release's (its verl policy loss "multiplex_thinking"): the PPO ratio, clip and dual clip per
+draw, summed over the draws of a position; "joint": one ratio of the step's joint log-prob
+(the sum over its draws), clipped once, as a discrete token's. On-policy both have the
+gradient A * sum_j grad log p(draw_j); off-policy the joint ratio is the product of the K
+per-draw ratios, so it leaves the clip range (and stops that position's gradient) sooner,
+while the slot loss keeps each draw's own trust region. The KL term always takes the joint
+log-prob (a KL between the steps' distributions).
+
 Conventions: log-prob tensors are (B, L) over response positions, B responses, consecutive
 rows of a prompt's group adjacent; masks are (B, L) with nonzero (or True) for the positions
 that count. Values at masked-out positions are never read, even inf or NaN (padding), and get
@@ -25,6 +35,7 @@ from softgrpo.reference.common import compute_dtype
 Tensor = torch.Tensor
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+MULTIPLEX_RATIOS = ("slot", "joint")  # multiplex: a ratio per draw (the release's) or per step
 KL_KINDS = ("k1", "abs", "k2", "mse", "k3", "low_var_kl")
 _MASK_DTYPES = (torch.bool, torch.uint8, *_checks.INT_DTYPES, *_checks.FLOAT_DTYPES)
 # verl clamps the log-ratio before exp (stability); beyond +-20 the clip has long taken over.
@@ -57,8 +68,22 @@ def _mask(mask: object, like: Tensor, like_name: str = "logp") -> Tensor:
     return mask != 0
 
 
-def _log_probs(logp: object) -> Tensor:
-    return _checks.tensor("logp", logp, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+def _log_probs(logp: object, slot_mask: object = None) -> Tensor | None:
+    """Checks logp, (B, L) or with slot_mask (B, L, K); returns slot_mask as bool (or None)."""
+    _checks.tensor("logp", logp, dtypes=_checks.FLOAT_DTYPES, ndim=2 if slot_mask is None else 3)
+    if slot_mask is None:
+        return None
+    _checks.tensor("slot_mask", slot_mask, dtypes=_MASK_DTYPES)
+    _same_shape("slot_mask", slot_mask, logp.shape, "logp")
+    _checks.same_device(logp=logp, slot_mask=slot_mask)
+    return slot_mask != 0
+
+
+def joint_logprob(logp: Tensor, slot_mask: Tensor) -> Tensor:
+    """(B, L) the steps' joint log-probs: the sum of (B, L, K) per-draw log-probs over the
+    slots that count (others, possibly inf/NaN padding, are never read)."""
+    slots = _log_probs(logp, slot_mask)
+    return torch.where(slots, logp, 0.0).sum(-1)
 
 
 def aggregate(values: Tensor, mask: Tensor, agg: str = "token-mean") -> Tensor:
@@ -172,24 +197,30 @@ def _k3(k: Tensor) -> Tensor:
 
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = 3.0,
-                agg: str = "token-mean") -> tuple[Tensor, dict[str, Tensor]]:
+                agg: str = "token-mean",
+                slot_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate with dual clip (spec section 5; verl's compute_policy_loss).
 
     rho = exp(logp - old_logp) (log-ratio clamped to [-20, 20] as verl does);
     pg = max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high)); where A < 0,
-    pg = min(pg, -dual_clip * A). The loss is aggregate(pg, mask, agg).
+    pg = min(pg, -dual_clip * A). The loss is aggregate(pg, mask, agg). With slot_mask
+    (Multiplex Thinking's "slot" ratio, its release's verl loss "multiplex_thinking"), logp
+    and old_logp are (B, L, K) per-draw log-probs: pg per slot, summed over the slots that
+    count, then aggregated over positions.
 
     Args:
-        logp: (B, L) current-policy log-probs (the only input that receives gradient).
-        old_logp: (B, L) rollout-policy log-probs.
+        logp: (B, L) current-policy log-probs (the only input that receives gradient), or
+            (B, L, K) per-draw log-probs with slot_mask.
+        old_logp: rollout-policy log-probs, logp's shape.
         advantages: (B,) per response or (B, L) per position.
         mask: (B, L), nonzero at response positions that count.
         clip_low, clip_high: clip range; clip_low in [0, 1), clip_high >= 0.
         dual_clip: > 1, or None to disable the dual clip.
         agg: one of AGG_MODES (see aggregate).
+        slot_mask: (B, L, K), nonzero at the slots that count (a discrete row: slot 0).
     Returns:
         (loss, metrics). loss: 0-d tensor, fp32 (fp64 for fp64 inputs). metrics: detached 0-d
-        tensors, all over masked positions (with no masked position fractions are 0 and ratio
+        tensors, all over masked positions (slots) (with none fractions are 0 and ratio
         statistics 1): "clip_frac_low" / "clip_frac_high" (the clipped branch is active, rho
         below 1 - clip_low with A < 0 / above 1 + clip_high with A > 0), "dual_clip_frac",
         "ratio_mean", "ratio_min", "ratio_max", and "approx_kl": the mean k3 estimate of
@@ -199,15 +230,19 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     Raises:
         ValueError / TypeError naming the argument: shapes, dtypes, clip values, agg.
     """
-    _log_probs(logp)
+    slots = _log_probs(logp, slot_mask)
     _per_token("old_logp", old_logp, logp)
-    mask = _mask(mask, logp)
+    positions = logp.shape[:2]
+    mask = _mask(mask, logp[..., 0] if slots is not None else logp)
     _checks.tensor("advantages", advantages, dtypes=_checks.FLOAT_DTYPES)
     if advantages.dim() == 1:
         _same_shape("advantages", advantages, logp.shape[:1], "logp's batch")
         advantages = advantages[:, None]
     else:
-        _same_shape("advantages", advantages, logp.shape, "logp")
+        _same_shape("advantages", advantages, positions, "logp's positions")
+    counted = mask
+    if slots is not None:  # one more dimension: the slots of a position
+        advantages, counted = advantages[..., None], mask[..., None] & slots
     clip_low = _checks.real("clip_low", clip_low, low=0.0, high=1.0, high_open=True)
     clip_high = _checks.real("clip_high", clip_high, low=0.0)
     if dual_clip is not None:
@@ -215,11 +250,11 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     agg = _check_agg(agg)
 
     dtype = compute_dtype(logp, old_logp, advantages)
-    # masked-out positions become log-ratio 0 and A = 0 first, so padding (inf/NaN) is never
-    # read and its gradient is exactly zero
-    log_ratio = torch.where(mask, logp.to(dtype) - old_logp.detach().to(dtype), 0.0)
+    # positions (slots) that do not count become log-ratio 0 and A = 0 first, so padding
+    # (inf/NaN) is never read, its gradient is exactly zero and its pg is 0
+    log_ratio = torch.where(counted, logp.to(dtype) - old_logp.detach().to(dtype), 0.0)
     ratio = log_ratio.clamp(-_LOG_RATIO_BOUND, _LOG_RATIO_BOUND).exp()
-    adv = torch.where(mask, advantages.detach().to(dtype), 0.0)
+    adv = torch.where(counted, advantages.detach().to(dtype), 0.0)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     clip_active = clipped > unclipped
@@ -229,23 +264,23 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
         bound = -dual_clip * adv
         dual_active = (adv < 0) & (pg > bound)
         pg = torch.where(dual_active, bound, pg)
-    loss = aggregate(pg, mask, agg)
+    loss = aggregate(pg.sum(-1) if slots is not None else pg, mask, agg)
 
     with torch.no_grad():
-        n = mask.sum().clamp(min=1).to(dtype)
+        n = counted.sum().clamp(min=1).to(dtype)
 
-        def frac(flags: Tensor) -> Tensor:
-            return (flags & mask).sum().to(dtype) / n
+        def mean(values: Tensor) -> Tensor:
+            return torch.where(counted, values, 0.0).sum().to(dtype) / n
 
-        has_tokens = mask.any()
+        has_tokens = counted.any()
         metrics = {
-            "clip_frac_low": frac(clip_active & (ratio < 1.0)),
-            "clip_frac_high": frac(clip_active & (ratio > 1.0)),
-            "dual_clip_frac": frac(dual_active),
-            "ratio_mean": aggregate(ratio, mask).where(has_tokens, 1.0),
-            "ratio_min": torch.where(mask, ratio, torch.inf).amin().where(has_tokens, 1.0),
-            "ratio_max": torch.where(mask, ratio, -torch.inf).amax().where(has_tokens, 1.0),
-            "approx_kl": aggregate(_k3(log_ratio), mask),
+            "clip_frac_low": mean((clip_active & (ratio < 1.0)).to(dtype)),
+            "clip_frac_high": mean((clip_active & (ratio > 1.0)).to(dtype)),
+            "dual_clip_frac": mean(dual_active.to(dtype)),
+            "ratio_mean": mean(ratio).where(has_tokens, 1.0),
+            "ratio_min": torch.where(counted, ratio, torch.inf).amin().where(has_tokens, 1.0),
+            "ratio_max": torch.where(counted, ratio, -torch.inf).amax().where(has_tokens, 1.0),
+            "approx_kl": mean(_k3(log_ratio)),
         }
     return loss, metrics
 
@@ -254,21 +289,27 @@ def softgrpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tens
                   ref_logp: Tensor | None = None, kl_coef: float = 0.001,
                   kl_kind: str = "low_var_kl", entropy: Tensor | None = None,
                   entropy_coef: float = 0.0, clip_low: float = 0.2, clip_high: float = 0.2,
-                  dual_clip: float | None = 3.0,
-                  agg: str = "token-mean") -> tuple[Tensor, dict[str, float]]:
+                  dual_clip: float | None = 3.0, agg: str = "token-mean",
+                  slot_mask: Tensor | None = None,
+                  ratio: str = "slot") -> tuple[Tensor, dict[str, float]]:
     """The full (SofT-)GRPO objective one optimiser step minimises (spec section 5).
 
     loss = policy_loss + kl_coef * aggregate(kl_penalty(logp, ref_logp, kl_kind))
            - entropy_coef * aggregate(entropy)
     The KL term is added only when ref_logp is given and kl_coef > 0; the entropy term only
     when entropy_coef > 0 (then entropy is required). Defaults are the published runs'.
+    With slot_mask (Multiplex Thinking, spec 10) the log-probs are (B, L, K) per draw; ratio
+    "slot" (the release's) clips per draw, "joint" clips the step's joint log-prob (the sum
+    over its draws); the KL term takes the joint log-probs.
 
     Args:
-        logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg: as policy_loss.
-        ref_logp: (B, L) reference-policy log-probs, or None (no KL term).
+        logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, slot_mask: as
+            policy_loss.
+        ref_logp: reference-policy log-probs (logp's shape), or None (no KL term).
         kl_coef: >= 0.  kl_kind: one of KL_KINDS.
         entropy: (B, L) per-position entropy of the current policy (gets gradient), or None.
         entropy_coef: >= 0; the entropy bonus weight.
+        ratio: one of MULTIPLEX_RATIOS (with slot_mask).
     Returns:
         (loss, metrics): loss a 0-d tensor; metrics python floats: "loss", "pg_loss", the
         policy_loss metrics, and "kl_loss" / "entropy" when those inputs are given.
@@ -279,10 +320,24 @@ def softgrpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tens
     entropy_coef = _checks.real("entropy_coef", entropy_coef, low=0.0)
     if kl_kind not in KL_KINDS:
         raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {kl_kind!r}")
+    if ratio not in MULTIPLEX_RATIOS:
+        raise ValueError(f"ratio must be one of {MULTIPLEX_RATIOS}, got {ratio!r}")
     if entropy_coef > 0 and entropy is None:
         raise ValueError("entropy must be given when entropy_coef > 0")
+    if slot_mask is not None:  # multiplex: per-draw log-probs
+        _per_token("old_logp", old_logp, logp)
+        if ref_logp is not None:
+            _per_token("ref_logp", ref_logp, logp)
+            ref_logp = joint_logprob(ref_logp, slot_mask)
+        if ratio == "joint":
+            logp, old_logp = joint_logprob(logp, slot_mask), joint_logprob(old_logp, slot_mask)
+            slot_mask = None
+    per_slot = slot_mask is not None
     pg_loss, stats = policy_loss(logp, old_logp, advantages, mask, clip_low=clip_low,
-                                 clip_high=clip_high, dual_clip=dual_clip, agg=agg)
+                                 clip_high=clip_high, dual_clip=dual_clip, agg=agg,
+                                 slot_mask=slot_mask)
+    if per_slot:
+        logp = joint_logprob(logp, slot_mask)  # the KL term's
     kept = _mask(mask, logp)
     loss = pg_loss
     stats = {"pg_loss": pg_loss.detach(), **stats}

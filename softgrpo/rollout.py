@@ -19,7 +19,15 @@ from typing import Protocol
 import torch
 
 from softgrpo import _checks
+from softgrpo.ops.multiplex import (
+    MAX_DRAWS,
+    check_filter,
+    check_weighting,
+    multiplex_sample,
+)
 from softgrpo.ops.sampling import SoftSample, soft_sample
+
+POLICIES = ("gumbel", "multiplex")  # SofT-GRPO's Gumbel-softmax top-k, Multiplex Thinking
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,14 @@ class SoftThinkingConfig:
     think-end sequence is forced (its tokens are marked in Rollout.forced_mask).
     seed: the run's noise seed (32 bits). mode: "soft" (soft thinking) or "discrete" (every
     step an ordinary sampled token, the GRPO baseline).
+    soft_policy: how a thinking step is soft: "gumbel" (SofT-GRPO, spec 2: the Gumbel-perturbed
+    top-k mixed by softmax(y / tau)) or "multiplex" (Multiplex Thinking, spec 10: k >= 2
+    independent draws from the filtered distribution, mixed by their probabilities). For
+    "multiplex", k is the number of draws (the paper's K, 3 in its runs) and its filter is
+    multiplex_top_k (None: the full vocabulary, the release's) and multiplex_top_p (1, the
+    release's; < 1 needs multiplex_top_k <= 128); multiplex_weighting "weighted" (the
+    release's) or "uniform" (its enable_unweighting). top_p, tau, noise_scale and noise_clamp
+    are the gumbel policy's.
     """
 
     k: int = 5
@@ -49,6 +65,10 @@ class SoftThinkingConfig:
     max_thinking_tokens: int | None = None
     seed: int = 0
     mode: str = "soft"
+    soft_policy: str = "gumbel"
+    multiplex_top_k: int | None = None
+    multiplex_top_p: float = 1.0
+    multiplex_weighting: str = "weighted"
 
     def __post_init__(self) -> None:
         _checks.integer("k", self.k, 1)
@@ -67,9 +87,23 @@ class SoftThinkingConfig:
         _checks.integer("seed", self.seed, 0, 2**32 - 1)
         if self.mode not in ("soft", "discrete"):
             raise ValueError(f"mode must be 'soft' or 'discrete', got {self.mode!r}")
-        if math.log(1.0 / self.k + 1e-6) <= -3.0:
+        if self.soft_policy not in POLICIES:
+            raise ValueError(f"soft_policy must be one of {POLICIES}, got {self.soft_policy!r}")
+        if self.multiplex:
+            _checks.integer("k", self.k, 2, MAX_DRAWS)  # k = 1 is ordinary sampling
+            check_filter(self.multiplex_top_k, self.multiplex_top_p)
+            check_weighting(self.multiplex_weighting)
+            if self.temperature == 0.0:
+                raise ValueError("soft_policy 'multiplex' draws its tokens: temperature must be "
+                                 "> 0")
+        elif math.log(1.0 / self.k + 1e-6) <= -3.0:
             raise ValueError(f"k must be <= 20 (got {self.k}): with more slots a soft step can "
                              "keep none and its log-prob is undefined (spec 4)")
+
+    @property
+    def multiplex(self) -> bool:
+        """Multiplex Thinking rollouts (soft_policy "multiplex")."""
+        return self.soft_policy == "multiplex"
 
     def replace(self, **changes) -> SoftThinkingConfig:
         return dataclasses.replace(self, **changes)
@@ -88,6 +122,11 @@ class Rollout:
     logprobs (B, L) fp32: rollout-side log-probs. finished (B,) bool: ended with EOS.
     sequence_ids (B,) int64: the noise key's sequence of each row. texts: decoded responses.
     config: the SoftThinkingConfig the rollout ran with (tau, temperature, noise, seed, ...).
+    With config.soft_policy "multiplex" (spec 10): topk_ids are the k draws (repeats allowed,
+    slot 0 the text token), perturbed their rollout-side log-probs, a discrete row
+    [s, 0, ...] / [l_s, -inf, ...]; logprobs the steps' joint log-probs; kept_ids (B, L, W)
+    int64 the filter's kept set per step (-1: unused slot; discrete rows all -1), present
+    only when config.multiplex_top_k is set (without it the support is the vocabulary).
     """
 
     prompt_ids: torch.Tensor
@@ -103,6 +142,7 @@ class Rollout:
     sequence_ids: torch.Tensor
     texts: list[str] = field(default_factory=list)
     config: SoftThinkingConfig = field(default_factory=SoftThinkingConfig)
+    kept_ids: torch.Tensor | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -157,38 +197,70 @@ class ThinkEndTracker:
 
 
 def to_discrete(sample: SoftSample, rows: torch.Tensor, logits: torch.Tensor,
-                temperature: float) -> SoftSample:
+                temperature: float, padding: float = 0.0) -> SoftSample:
     """Store the steps ``rows`` (a (B,) bool mask) of a soft sample as discrete rows: the step
     that completes the think-end sequence (spec 2). Its token is kept; ids [s, 0, ..., 0],
-    weights [1, 0, ..., 0], perturbed [y_s, 0, ..., 0] (the perturbed value s was chosen
-    with), logprob = log p(s) under the full softmax at ``temperature`` (1 when greedy)."""
+    weights [1, 0, ..., 0], perturbed [y_s, padding, ..., padding] (the perturbed value s was
+    chosen with; padding -inf for multiplex records), logprob = log p(s) under the full
+    softmax at ``temperature`` (1 when greedy)."""
     first = torch.zeros_like(sample.ids, dtype=torch.bool)
     first[:, 0] = True
     keep = rows[:, None] & ~first
     z = logits.float() / (temperature or 1.0)
     token_lp = z.gather(-1, sample.token[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
     ids = sample.ids.masked_fill(keep, 0)
-    return SoftSample(ids, sample.perturbed.masked_fill(keep, 0.0),
+    return SoftSample(ids, sample.perturbed.masked_fill(keep, padding),
                       torch.where(rows[:, None], first.float(), sample.weights), ids[:, 0],
                       torch.where(rows, token_lp, sample.logprob))
 
 
 def force_tokens(sample: SoftSample, rows: torch.Tensor, tokens: torch.Tensor,
-                 logits: torch.Tensor,
-           temperature: float) -> SoftSample:
+                 logits: torch.Tensor, temperature: float, padding: float = 0.0) -> SoftSample:
     """Replace the steps ``rows`` by the forced ``tokens``: discrete rows [s, 0, ...] with the
     token's log-prob under the full softmax as logprob and as perturbed slot 0."""
     ids = sample.ids.clone()
     ids[:, 0] = torch.where(rows, tokens, ids[:, 0])
-    out = to_discrete(sample._replace(ids=ids, token=ids[:, 0]), rows, logits, temperature)
+    out = to_discrete(sample._replace(ids=ids, token=ids[:, 0]), rows, logits, temperature,
+                      padding)
     perturbed = out.perturbed.clone()
     perturbed[:, 0] = torch.where(rows, out.logprob, perturbed[:, 0])
     return out._replace(perturbed=perturbed)
 
 
+def multiplex_step(logits: torch.Tensor, config: SoftThinkingConfig, keys: torch.Tensor,
+                   t: int, soft: torch.Tensor) -> tuple[SoftSample, torch.Tensor]:
+    """One step of multiplex records (spec 10): multiplex_sample for the rows ``soft``, an
+    ordinary sample with the after-thinking filter for the others ([s, 0, ...] /
+    [l_s, -inf, ...]). Each row's logits are read by one op. Returns the sample (perturbed:
+    the draws' log-probs; logprob: the joint log-prob) and the kept sets (B, W), -1 outside
+    them and on discrete rows (W = 0 without a top-k filter)."""
+    b, k = logits.shape[0], config.k
+    ids = torch.zeros(b, k, dtype=torch.int64, device=logits.device)
+    perturbed = torch.full((b, k), -math.inf, device=logits.device)
+    weights = torch.zeros(b, k, device=logits.device)
+    logprob = torch.zeros(b, device=logits.device)
+    kept = torch.full((b, config.multiplex_top_k or 0), -1, dtype=torch.int64,
+                      device=logits.device)
+    rows, other = soft.nonzero().squeeze(1), (~soft).nonzero().squeeze(1)
+    if rows.numel():
+        m = multiplex_sample(logits[rows], k, temperature=config.temperature,
+                             top_k=config.multiplex_top_k, top_p=config.multiplex_top_p,
+                             weighting=config.multiplex_weighting, seed=keys[rows], offset=t)
+        ids[rows], perturbed[rows], weights[rows] = m.ids, m.logprobs, m.weights
+        logprob[rows], kept[rows] = m.logprob, m.kept
+    if other.numel():  # width 1: the discrete sample, then the padding slots
+        d = soft_sample(logits[other], 1, temperature=config.temperature, seed=keys[other],
+                        offset=t, thinking=torch.zeros_like(other, dtype=torch.bool),
+                        discrete_k=config.after_top_k, discrete_top_p=config.after_top_p)
+        ids[other, 0], perturbed[other, 0], weights[other, 0] = d.token, d.perturbed[:, 0], 1.0
+        logprob[other] = d.logprob
+    return SoftSample(ids, perturbed, weights, ids[:, 0], logprob), kept
+
+
 class ThinkingPhase:
     """Per-row phase: thinking until the think-end sequence, forced think-end after
-    config.max_thinking_tokens sampled thinking steps."""
+    config.max_thinking_tokens sampled thinking steps. With the multiplex policy, ``kept``
+    holds the last step's kept sets (B_live, W)."""
 
     def __init__(self, think_end: list[int], rows: int, config: SoftThinkingConfig,
                  device: torch.device):
@@ -198,6 +270,7 @@ class ThinkingPhase:
         self.thinking = torch.ones(rows, dtype=torch.bool, device=device)
         self.steps = torch.zeros(rows, dtype=torch.int64, device=device)
         self.forced_at = torch.full((rows,), -1, dtype=torch.int64, device=device)
+        self.kept: torch.Tensor | None = None
 
     def step(self, logits: torch.Tensor, keys: torch.Tensor, live: torch.Tensor,
              t: int) -> tuple[SoftSample, torch.Tensor, torch.Tensor]:
@@ -210,16 +283,22 @@ class ThinkingPhase:
             forced_at = forced_at.masked_fill(start, 0)
         forced = forced_at >= 0
         soft = thinking & ~forced & (c.mode == "soft")
-        sample = soft_sample(logits, c.k, temperature=c.temperature, top_p=c.top_p, tau=c.tau,
-                             noise_scale=c.noise_scale, seed=keys, offset=t, thinking=soft,
-                             noise_clamp=c.noise_clamp, discrete_k=c.after_top_k,
-                             discrete_top_p=c.after_top_p)
+        padding = -math.inf if c.multiplex else 0.0  # a discrete row's slots 1..
+        if c.multiplex:
+            sample, self.kept = multiplex_step(logits, c, keys, t, soft)
+        else:
+            sample = soft_sample(logits, c.k, temperature=c.temperature, top_p=c.top_p,
+                                 tau=c.tau, noise_scale=c.noise_scale, seed=keys, offset=t,
+                                 thinking=soft, noise_clamp=c.noise_clamp,
+                                 discrete_k=c.after_top_k, discrete_top_p=c.after_top_p)
         if limited and forced.any():  # (a host sync: skipped when nothing can be forced)
             sample = force_tokens(sample, forced, self.pattern[forced_at.clamp(min=0)], logits,
-                            c.temperature)
+                                  c.temperature, padding)
         ended = self.tracker.push(sample.token, live) & thinking
         if (ended & soft).any():
-            sample = to_discrete(sample, ended & soft, logits, c.temperature)
+            sample = to_discrete(sample, ended & soft, logits, c.temperature, padding)
+            if self.kept is not None:
+                self.kept = self.kept.masked_fill((ended & soft)[:, None], -1)
         self.steps[live] += (thinking & ~forced).long()
         self.forced_at[live] = torch.where(ended, -1, forced_at + forced.long())
         self.thinking[live] = thinking & ~ended

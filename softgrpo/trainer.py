@@ -46,6 +46,7 @@ from softgrpo.config import BUILTIN_MODEL, RESUMABLE_CHANGES, TrainConfig
 from softgrpo.evaluate import evaluate_modes, table
 from softgrpo.loss import grpo_advantages, softgrpo_loss
 from softgrpo.metrics import RunLog, plot, step_line, thinking_lengths
+from softgrpo.ops.multiplex import multiplex_slots
 from softgrpo.rollout import Rollout, select
 from softgrpo.tasks import Problem, PromptSampler
 from softgrpo.tiny import warm_start
@@ -171,6 +172,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             tqdm.write(f"step {step}: reward failed for {failure}; scored 0")
         advantages = grpo_advantages(rewards, group).to(device)
         mask = rollout.response_mask & ~rollout.forced_mask  # forced tokens were not sampled
+        # multiplex: (B, L, k) per-draw log-probs; the loss counts every draw of a soft row
+        slots = multiplex_slots(rollout.perturbed) if rollout.config.multiplex else None
 
         # 5. old and reference log-probs, without gradient
         old_logp = _logprobs(model, rollout, cfg, device, dtype)
@@ -196,7 +199,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                         logp, old_logp[micro], advantages[micro], mask[micro],
                         ref_logp=None if ref_logp is None else ref_logp[micro],
                         kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, clip_low=cfg.clip_low,
-                        clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg)
+                        clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.loss_agg,
+                        slot_mask=None if slots is None else slots[micro],
+                        ratio=cfg.multiplex_ratio)
                     # scale so the accumulated gradient is the whole mini-batch's aggregate
                     share = _weight(mask[micro], cfg.loss_agg) / max(total, 1)
                     (loss * share).backward()
@@ -288,7 +293,8 @@ def _warm_start(cfg: TrainConfig, model, tokenizer, train_set: list[Problem],
 @torch.no_grad()
 def _logprobs(model: torch.nn.Module, rollout: Rollout, cfg: TrainConfig,
               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(B, L) log-probs of a whole rollout, in micro-batches, without gradient."""
+    """(B, L) log-probs of a whole rollout ((B, L, k) multiplex), in micro-batches, without
+    gradient."""
     rows = torch.arange(rollout.response_ids.shape[0])
     with autocast(device, dtype):
         return torch.cat([policy_logprobs(model, select(rollout, micro), **_likelihood(cfg))
@@ -296,7 +302,8 @@ def _logprobs(model: torch.nn.Module, rollout: Rollout, cfg: TrainConfig,
 
 
 def _likelihood(cfg: TrainConfig) -> dict:
-    return {"likelihood": cfg.likelihood, "conditional_weight": cfg.conditional_weight}
+    return {"likelihood": cfg.likelihood, "conditional_weight": cfg.conditional_weight,
+            "multiplex_logprob": cfg.multiplex_logprob}
 
 
 def _weight(mask: torch.Tensor, agg: str) -> int:

@@ -20,7 +20,7 @@ def compiled_kernels():
     they would be interpreted and every test here could pass without compiling one."""
     from triton.runtime.jit import JITFunction
 
-    for name in ("sampling", "embedding", "logprob", "fused_linear"):
+    for name in ("sampling", "multiplex", "embedding", "logprob", "fused_linear"):
         module = importlib.import_module(f"softgrpo.kernels.{name}")
         kernels = {n: v for n, v in vars(module).items() if n.endswith("_kernel")}
         assert kernels and all(isinstance(v, JITFunction) for v in kernels.values()), (
@@ -84,6 +84,38 @@ def test_soft_sample(case):
     close(gpu.perturbed[same.cuda()], cpu.perturbed[same], atol=1e-4, rtol=1e-4)
     close(gpu.weights[same.cuda()], cpu.weights[same], atol=1e-4, rtol=1e-4)
     close(gpu.logprob[same.cuda()], cpu.logprob[same], atol=1e-4, rtol=1e-4)
+
+
+# ---- multiplex_sample ----------------------------------------------------------------------------
+MULTIPLEX_CASES = [  # (name, B, V, dtype, multiplex_sample keywords, layout of the logits)
+    *[(f"{str(d)[6:]}-B{b}", b, V, d, {}, "contiguous")
+      for d in (torch.float32, torch.bfloat16) for b in (1, 64)],  # unfiltered: B*K*V noise
+    ("T0.7-k2", 64, V, torch.bfloat16, dict(temperature=0.7, k=2), "contiguous"),
+    ("k8-uniform", 64, V, torch.bfloat16, dict(k=8, weighting="uniform"), "contiguous"),
+    ("top5", 64, V, torch.bfloat16, dict(top_k=5, top_p=0.9), "contiguous"),
+    ("top128-B1", 1, V, torch.float32, dict(top_k=128, top_p=0.95), "contiguous"),
+    ("top50-fp16-B300", 300, V, torch.float16, dict(top_k=50), "contiguous"),
+    ("llama-vocab", 64, 128_256, torch.bfloat16, {}, "contiguous"),
+    ("unaligned", 64, V, torch.bfloat16, dict(top_k=5), "unaligned"),
+    ("unaligned-full", 64, V, torch.bfloat16, {}, "unaligned"),
+]
+
+
+@pytest.mark.parametrize("case", MULTIPLEX_CASES, ids=lambda c: c[0])
+def test_multiplex_sample(case):
+    _, b, vocab, dtype, kw, layout = case
+    logits = sample_logits(b, vocab, dtype, layout, seed=b + vocab + 1)
+    seed = torch.randint(0, 2**40, (b,), generator=torch.Generator().manual_seed(b))
+    kw = dict(dict(k=3), **kw)
+    gpu = softgrpo.multiplex_sample(logits.cuda(), seed=seed.cuda(), offset=9, **kw)
+    cpu = softgrpo.multiplex_sample(logits, seed=seed, offset=9, **kw)
+    # z = logits / T is bit-exact; the Gumbel noise's log differs by an ulp between libdevice
+    # and the CPU, so a near-tie of two scores may pick the other token, rarely
+    same = (gpu.ids.cpu() == cpu.ids).all(-1)
+    assert same.float().mean() >= 0.99
+    assert torch.equal(gpu.kept.cpu(), cpu.kept)
+    for got, want in ((gpu.logprobs, cpu.logprobs), (gpu.weights, cpu.weights)):
+        close(got[same.cuda()], want[same], atol=1e-4, rtol=1e-4)
 
 
 # ---- embeddings ----------------------------------------------------------------------------
@@ -195,6 +227,35 @@ def test_soft_logprob_from_hidden_forward_backward(hidden_size, bias, dtype):
         return out, hidden.grad, weight.grad, *([b.grad] if bias else [])
 
     gpu, cpu = on_both(run, hidden, weight, b, ids, y)
+    tol = dict(atol=1e-3, rtol=1e-3) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for a, want in zip(gpu, cpu):
+        close(a, want, **tol)
+
+
+@pytest.mark.parametrize("kept_width,bias,dtype", [(0, False, torch.bfloat16),
+                                                   (50, True, torch.bfloat16),
+                                                   (128, True, torch.float32)])
+def test_multiplex_logprob_from_hidden_forward_backward(kept_width, bias, dtype):
+    n, hidden_size, k = 256, 1536, 3  # without a kept set every row takes the full head
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(n, hidden_size, generator=g).to(dtype)
+    weight = (torch.randn(V, hidden_size, generator=g) / hidden_size**0.5).to(dtype)
+    b = torch.randn(V, generator=g).to(dtype) if bias else torch.zeros(0)
+    kept = torch.stack([torch.randperm(V, generator=g)[:max(kept_width, k)]
+                        for _ in range(n)])[:, :kept_width]
+    ids = (kept if kept_width else torch.randint(0, V, (n, k), generator=g))[:, :k].clone()
+    y = -torch.rand(n, k, generator=g) - 0.1
+    ids[::10, 1:], y[::10, 1:] = 0, -float("inf")  # discrete rows
+
+    def run(hidden, weight, b, ids, y, kept):
+        hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        b = b.clone().requires_grad_() if bias else None
+        out = softgrpo.multiplex_logprob_from_hidden(hidden, weight, ids, y, bias=b,
+                                                     kept=kept if kept_width else None)
+        out.backward(torch.ones_like(out))
+        return out, hidden.grad, weight.grad, *([b.grad] if bias else [])
+
+    gpu, cpu = on_both(run, hidden, weight, b, ids, y, kept)
     tol = dict(atol=1e-3, rtol=1e-3) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     for a, want in zip(gpu, cpu):
         close(a, want, **tol)

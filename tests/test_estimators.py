@@ -112,3 +112,87 @@ def test_metrics_of_known_draws():
     assert m["cosine"] == pytest.approx(1.0) and m["noise_draws"] == pytest.approx(1.0)
     assert m["max_z"] == pytest.approx(1.0)  # (0.5 - 1) / (std([0, 1]) / sqrt(2))
     assert m["ratio_no_baseline"] == pytest.approx(0.5)
+
+
+# ---- Multiplex Thinking (benchmarks/estimators_multiplex.py) ----------------------------------
+@pytest.fixture(scope="module")
+def multiplex():
+    from benchmarks import estimators_multiplex as mx
+
+    return mx, *mx.run(DRAWS)
+
+
+def _mx_rows(rows, estimator, reward, filters=None):
+    out = [r for r in rows if r["estimator"] == estimator and r["reward"] == reward
+           and (filters is None or r["filter"] in filters)]
+    assert out
+    return out
+
+
+def test_multiplex_filtered_score_is_exact_for_rewards_of_the_draws(multiplex):
+    _, rows, _ = multiplex
+    for reward in ("token", "uniform", "two-step token"):
+        for r in _mx_rows(rows, "filtered", reward):
+            assert r["max_z"] < Z_BOUND, r
+            assert abs(r["ratio"] - 1) < Z_BOUND * r["ratio_se"], r
+
+
+def test_multiplex_full_log_prob_equals_filtered_without_a_filter(multiplex):
+    _, rows, _ = multiplex
+    for reward in ("token", "uniform", "weighted"):
+        full, filtered = (_mx_rows(rows, e, reward, ("none",))[0] for e in ("full", "filtered"))
+        assert full["ratio"] == pytest.approx(filtered["ratio"], abs=1e-6)
+        assert full["noise_draws"] == pytest.approx(filtered["noise_draws"], rel=1e-4)
+
+
+def test_multiplex_full_log_prob_is_biased_once_the_state_moves(multiplex):
+    """Where the filter cuts, the full log-prob's extra term depends on the state: a baseline
+    cannot remove it in a two-step episode."""
+    _, rows, _ = multiplex
+    full = _mx_rows(rows, "full", "two-step token")[0]
+    assert full["max_z"] > 4 * Z_BOUND and full["cosine"] < 0.97, full
+
+
+def test_multiplex_weighted_mix_needs_the_pathwise_part(multiplex):
+    _, rows, _ = multiplex
+    for r in _mx_rows(rows, "filtered", "weighted"):
+        assert r["max_z"] > 4 * Z_BOUND and r["ratio"] < 0.8, r
+    for r in _mx_rows(rows, "filtered + pathwise", "weighted"):
+        assert r["max_z"] < Z_BOUND, r
+
+
+def test_multiplex_first_draw_score_is_unbiased_for_the_token_and_less_noisy(multiplex):
+    _, rows, _ = multiplex
+    for first, filtered in zip(_mx_rows(rows, "first", "token"),
+                               _mx_rows(rows, "filtered", "token")):
+        assert first["max_z"] < Z_BOUND and first["noise_draws"] < filtered["noise_draws"]
+
+
+def test_multiplex_draw_frequencies_match_the_filtered_law(multiplex):
+    _, _, checks = multiplex
+    assert len(checks) == 3
+    for c in checks:
+        assert c["freq_z"] < Z_BOUND, c
+
+
+def test_multiplex_truth_is_a_distribution_and_a_gradient():
+    from benchmarks import estimators_multiplex as mx
+
+    for top_k, top_p in mx.FILTERS:
+        kept = mx.kept_set(est.THETA, top_k, top_p)
+        # the constant reward 1 has E[R] = 1 and no gradient
+        saved = est.REWARD.clone()
+        est.REWARD.fill_(1.0)
+        try:
+            one = mx.truth(top_k, top_p, "weighted")
+        finally:
+            est.REWARD.copy_(saved)
+        assert one.mean_reward == pytest.approx(1.0, abs=1e-12)
+        assert float(one.grad.abs().max()) < 1e-12
+        h, e = 1e-6, torch.eye(est.V, dtype=torch.float64)
+        t = mx.truth(top_k, top_p, "weighted")
+        fd = torch.stack([(mx.expected_reward(est.THETA + h * e[i], top_k, top_p, "weighted")
+                           - mx.expected_reward(est.THETA - h * e[i], top_k, top_p, "weighted"))
+                          / (2 * h) for i in range(est.V)])
+        torch.testing.assert_close(t.grad, fd, atol=1e-8, rtol=1e-6)
+        assert len(kept) == {None: 8, 5: 5}[top_k] if top_p == 1.0 else len(kept) == 3

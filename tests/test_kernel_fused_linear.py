@@ -111,3 +111,35 @@ def test_segments():
     assert order.tolist() == [1, 4, 6, 0, 2, 8, 3, 5, 7]  # stable: equal keys keep their order
     assert bounds.tolist() == [0, 3, 6, 7]
     assert kernel._segments(torch.tensor([3, 3]), 3)[2].tolist() == [0]  # no run at all
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_kept", [True, False], ids=["filtered", "full"])
+def test_multiplex_launchers_match_reference(dtype, with_kept):
+    """multiplex_logprob_from_hidden: gathered draws and kept sets, full rows in blocks."""
+    from test_multiplex_logprob import H, V
+    from test_multiplex_logprob import records as mrecords
+
+    from softgrpo.reference import multiplex_logprob as mref
+
+    ids, perturbed, kept = mrecords(n=8, kept=with_kept, seed=5)
+    kept = kept if with_kept else torch.empty(8, 0, dtype=torch.int64)
+    g = torch.Generator().manual_seed(6)
+    hidden = torch.randn(8, H, generator=g, dtype=dtype)
+    weight = torch.randn(V, H, generator=g, dtype=dtype)
+    bias = torch.randn(V, generator=g, dtype=dtype)
+    y = perturbed.to(dtype)
+    atol = 1e-12 if dtype == torch.float64 else 2e-5
+    for b in (bias, None):
+        args = (hidden, weight, b, ids, y, kept, 0.8, 6)
+        out, lse, zk = kernel.multiplex_logprob_from_hidden(*args)
+        want, want_lse, want_zk = mref.multiplex_logprob_from_hidden(*args)
+        for got, exp in ((out, want), (lse, want_lse), (zk, want_zk)):
+            torch.testing.assert_close(got, exp, atol=atol, rtol=atol)
+        go = torch.randn(out.shape, generator=g, dtype=out.dtype)
+        grads = kernel.multiplex_logprob_from_hidden_backward(go, *args[:6], lse, zk, *args[6:])
+        exp = mref.multiplex_logprob_from_hidden_backward(go, *args[:6], want_lse, want_zk,
+                                                          *args[6:])
+        for got, e in zip(grads, exp):
+            assert got.dtype == e.dtype and got.shape == e.shape
+            torch.testing.assert_close(got, e, atol=atol, rtol=atol)

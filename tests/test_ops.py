@@ -41,6 +41,25 @@ def op_samples():
                                          likelihood, weight, 0.7)
 
 
+    # multiplex: draws with repeats, a discrete row [s, 0, ...] / [l, -inf, ...], kept sets
+    mx_ids = torch.stack([torch.randperm(V, generator=torch.Generator().manual_seed(i))[:K]
+                          for i in range(5)])
+    mx_kept = torch.cat([mx_ids, torch.full((5, 2), -1)], -1)
+    mx_ids[0, 2] = mx_ids[0, 1]
+    mx_y = -torch.rand(5, K) - 0.1
+    mx_ids[1, 1:], mx_y[1, 1:] = 0, -float("inf")
+    hidden, weight, bias = (torch.randn(5, H, requires_grad=True),
+                            torch.randn(V, H, requires_grad=True),
+                            torch.randn(V, requires_grad=True))
+    for top_k, top_p in ((0, 1.0), (6, 0.9)):
+        yield ops.multiplex_sample.default, (logits.detach(), 3, 0.8, top_k, top_p, False, keys,
+                                             keys)
+    for kept in (mx_kept, mx_kept[:, :0]):
+        yield ops.multiplex_logprob.default, (logits, mx_ids, mx_y, kept, 0.9)
+        yield ops.multiplex_logprob_from_hidden.default, (hidden, weight, bias, mx_ids, mx_y,
+                                                          kept, 1.1, 3)
+
+
 @pytest.mark.parametrize("op,args", list(op_samples()), ids=lambda x: getattr(x, "name", ""))
 def test_opcheck(op, args):
     torch.library.opcheck(op, args)
@@ -69,6 +88,28 @@ def test_torch_compile_fullgraph():
              .sum())
     torch.testing.assert_close(out.detach(), eager)
     assert logits.grad is not None and yg.grad is not None
+
+
+def test_torch_compile_fullgraph_multiplex():
+    from softgrpo.ops.multiplex_logprob import multiplex_logprob, multiplex_logprob_from_hidden
+
+    hidden, weight = torch.randn(5, H), torch.randn(V, H, requires_grad=True)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(logits, weight):
+        s = softgrpo.multiplex_sample(logits.detach(), 3, top_k=6, top_p=0.9, seed=3)
+        lp = multiplex_logprob(logits, s.ids, s.logprobs, kept=s.kept)
+        fused = multiplex_logprob_from_hidden(hidden, weight, s.ids, s.logprobs)
+        return lp.sum() + fused.sum()
+
+    logits = torch.randn(5, V, requires_grad=True)
+    out = step(logits, weight)
+    out.backward()
+    s = softgrpo.multiplex_sample(logits.detach(), 3, top_k=6, top_p=0.9, seed=3)
+    eager = (multiplex_logprob(logits.detach(), s.ids, s.logprobs, kept=s.kept).sum()
+             + multiplex_logprob_from_hidden(hidden, weight.detach(), s.ids, s.logprobs).sum())
+    torch.testing.assert_close(out.detach(), eager)
+    assert logits.grad is not None and weight.grad is not None
 
 
 def test_autocast_does_not_lower_the_ops_precision():

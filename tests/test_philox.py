@@ -77,3 +77,42 @@ def test_noise_key_packs_seed_and_sequence():
         noise_key(2**32, 0)
     with pytest.raises(ValueError, match="sequence"):
         noise_key(0, -1)
+
+
+def test_streams_are_the_other_words_of_philox():
+    # Random123's known-answer vector (key 0, counter 0): all four words; stream s reads word
+    # s % 4 of counter block s // 4, stream 0 is the single-stream noise
+    zero = torch.zeros(1, dtype=torch.int64)
+    words = [int(philox.philox_uint32(zero, zero, zero, s)) for s in range(4)]
+    assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    g = torch.Generator().manual_seed(3)
+    seed, offset, token = (torch.randint(0, 2**31, (64,), generator=g) for _ in range(3))
+    stream = torch.randint(0, 11, (64,), generator=g)
+    one_by_one = torch.stack([philox.philox_uint32(seed[i], offset[i], token[i], int(stream[i]))
+                              for i in range(64)])
+    assert torch.equal(philox.philox_uint32(seed, offset, token, stream), one_by_one)
+    assert torch.equal(philox.gumbel(seed, offset, token, 0), philox.gumbel(seed, offset, token))
+
+
+def test_streams_match_triton_philox():
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+
+    @triton.jit
+    def draw(seed_ptr, offset_ptr, token_ptr, out_ptr):
+        seed = tl.load(seed_ptr)
+        c0 = tl.load(token_ptr).to(tl.uint32)
+        c1 = tl.load(offset_ptr).to(tl.uint32)
+        for block in tl.static_range(2):
+            w0, w1, w2, w3 = tl.philox(seed, c0, c1, tl.full([], block, tl.uint32),
+                                       tl.full([], 0, tl.uint32))
+            tl.store(out_ptr + 4 * block + 0, w0.to(tl.int64) & 0xFFFFFFFF)
+            tl.store(out_ptr + 4 * block + 1, w1.to(tl.int64) & 0xFFFFFFFF)
+            tl.store(out_ptr + 4 * block + 2, w2.to(tl.int64) & 0xFFFFFFFF)
+            tl.store(out_ptr + 4 * block + 3, w3.to(tl.int64) & 0xFFFFFFFF)
+
+    seed, offset, token = torch.tensor([2**62 + 5]), torch.tensor([2**31 - 2]), torch.tensor([151_000])
+    out = torch.empty(8, dtype=torch.int64)
+    draw[(1,)](seed, offset, token, out)
+    want = torch.stack([philox.philox_uint32(seed, offset, token, s)[0] for s in range(8)])
+    assert torch.equal(out, want)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from softgrpo import soft_token_embedding
+from softgrpo import SoftThinkingConfig, soft_embedding, soft_token_embedding
+from softgrpo.ops.multiplex import multiplex_weights
 
 _PROBE_IDS = 16
 
@@ -66,6 +67,17 @@ class TableEmbedder:
         sum_k softmax(perturbed / tau)_k E[ids_k], discrete rows [s, 0, ...] E[s]; scaled like
         the lookup. Differentiable w.r.t. the table and perturbed (pathwise)."""
         return self._scaled(soft_token_embedding(self.table, ids, perturbed, tau))
+
+    def records_of(self, ids: torch.Tensor, perturbed: torch.Tensor,
+                   config: SoftThinkingConfig) -> torch.Tensor:
+        """(..., k) stored records of a rollout with ``config`` -> (..., H) input embeddings:
+        :meth:`records` for the gumbel policy; for the multiplex policy (spec 10)
+        sum_j multiplex_weights(perturbed)_j E[ids_j] (a discrete row: E[s]), scaled like the
+        lookup."""
+        if not config.multiplex:
+            return self.records(ids, perturbed, config.tau)
+        weights = multiplex_weights(perturbed, config.multiplex_weighting)
+        return self._scaled(soft_embedding(self.table, ids, weights))
 
 
 class InputEmbedder(TableEmbedder):

@@ -58,8 +58,12 @@ class RolloutTrace:
 class RolloutRecords:
     """The Rollout's per-position buffers, written row-wise for the live rows each step."""
 
-    def __init__(self, rows: int, steps: int, k: int, pad_id: int, device: torch.device):
+    def __init__(self, rows: int, steps: int, k: int, pad_id: int, device: torch.device,
+                 kept: int | None = None):
         self.response_ids = torch.full((rows, steps), pad_id, dtype=torch.int64, device=device)
+        # the multiplex filter's kept sets (kept = its top-k width), -1 where none
+        self.kept_ids = None if kept is None else torch.full((rows, steps, kept), -1,
+                                                             dtype=torch.int64, device=device)
         self.topk_ids = torch.zeros(rows, steps, k, dtype=torch.int64, device=device)
         self.perturbed = torch.zeros(rows, steps, k, device=device)
         self.logprobs = torch.zeros(rows, steps, device=device)
@@ -70,8 +74,11 @@ class RolloutRecords:
         self.finished = torch.zeros(rows, **flags)
 
     def write(self, live: torch.Tensor, t: int, sample: SoftSample, soft: torch.Tensor,
-              forced: torch.Tensor, done: torch.Tensor) -> None:
+              forced: torch.Tensor, done: torch.Tensor,
+              kept: torch.Tensor | None = None) -> None:
         self.response_ids[live, t] = sample.token
+        if self.kept_ids is not None:
+            self.kept_ids[live, t] = kept
         self.topk_ids[live, t] = sample.ids
         self.perturbed[live, t] = sample.perturbed
         self.logprobs[live, t] = sample.logprob
@@ -89,10 +96,11 @@ class RolloutRecords:
             [ids[mask].tolist() for ids, mask in zip(cut["response_ids"], cut["response_mask"])],
             skip_special_tokens=True)
         prompt_mask = batch.attention_mask.bool()
+        kept = None if self.kept_ids is None else self.kept_ids[:, :steps]
         return Rollout(prompt_ids=batch.input_ids.masked_fill(~prompt_mask, batch.pad_id),
                        prompt_mask=prompt_mask, finished=self.finished,
                        sequence_ids=batch.sequence_ids.to(self.finished.device), texts=texts,
-                       config=config, **cut)
+                       config=config, kept_ids=kept, **cut)
 
 
 def _run(model: torch.nn.Module, embedder: InputEmbedder, batch: PromptBatch,
@@ -100,7 +108,8 @@ def _run(model: torch.nn.Module, embedder: InputEmbedder, batch: PromptBatch,
          ) -> tuple[RolloutRecords, int]:
     rows, prompt = batch.input_ids.shape
     device = batch.input_ids.device
-    records = RolloutRecords(rows, config.max_new_tokens, config.k, batch.pad_id, device)
+    records = RolloutRecords(rows, config.max_new_tokens, config.k, batch.pad_id, device,
+                             config.multiplex_top_k if config.multiplex else None)
     state = ThinkingPhase(batch.think_end, rows, config, device)
     eos = torch.tensor(batch.eos_ids, dtype=torch.int64, device=device)
     live = torch.arange(rows, device=device)
@@ -117,7 +126,7 @@ def _run(model: torch.nn.Module, embedder: InputEmbedder, batch: PromptBatch,
                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             sample, soft, forced = state.step(logits, batch.keys[live], live, t)
             done = torch.isin(sample.token, eos)
-            records.write(live, t, sample, soft, forced, done)
+            records.write(live, t, sample, soft, forced, done, state.kept)
             if trace is not None:
                 trace.logits[live, t] = logits.float()
             bar.update(1)
@@ -127,7 +136,7 @@ def _run(model: torch.nn.Module, embedder: InputEmbedder, batch: PromptBatch,
             if keep.numel() < live.numel():  # drop finished rows from the batch and the cache
                 live, mask, next_position = live[keep], mask[keep], next_position[keep]
                 cache.batch_select_indices(keep)
-            embeds = embedder.records(sample.ids[keep], sample.perturbed[keep], config.tau)
+            embeds = embedder.records_of(sample.ids[keep], sample.perturbed[keep], config)
             embeds = embeds[:, None]
             if trace is not None:
                 trace.inputs[live, prompt + t] = embeds[:, 0]

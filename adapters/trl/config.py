@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from softgrpo import _checks
-from softgrpo.loss import KL_KINDS
+from softgrpo.loss import KL_KINDS, MULTIPLEX_RATIOS
+from softgrpo.ops.multiplex_logprob import MULTIPLEX_LOGPROBS
 from softgrpo.rollout import SoftThinkingConfig
 
 LOSS_TYPE = "softgrpo"
@@ -46,6 +47,16 @@ class SoftGRPOConfig(GRPOConfig):
             (the paper's), `"exact"` or `"token"`; the latter two need
             `soft_noise_clamp=None`.
         conditional_weight (`float`, defaults to `0.0`): `"token"` only, in [0, 1].
+        soft_policy (`str`, defaults to `"gumbel"`): `"gumbel"` (SofT-GRPO) or `"multiplex"`
+            (Multiplex Thinking, spec 10: `top_k` is then the number of draws K, the paper's 3;
+            needs `loss_type="softgrpo"` and the Hugging Face rollouts, `use_vllm=False`).
+        multiplex_top_k (`int` or `None`), multiplex_top_p (`float`, defaults to `1.0`),
+            multiplex_weighting (`str`, defaults to `"weighted"`): the multiplex filter and
+            input mix (softgrpo.SoftThinkingConfig; the defaults are the release's).
+        multiplex_logprob (`str`, defaults to `"filtered"`): a draw's log-prob over the
+            filter's kept set or `"full"` (the vocabulary, the release's).
+        multiplex_ratio (`str`, defaults to `"slot"`): the PPO ratio per draw (the release's) or
+            `"joint"` per step.
         use_vllm (`bool`, defaults to `False`): generate with softgrpo.adapters.vllm instead of
             the Hugging Face adapter: `vllm_mode="colocate"` only (one in-process engine per
             training process, tensor parallel size 1, vLLM 0.32 with the V1 runner).
@@ -76,6 +87,16 @@ class SoftGRPOConfig(GRPOConfig):
         "help": "Soft-row score: 'release', 'exact' or 'token' (spec 9)."})
     conditional_weight: float = field(default=0.0, metadata={
         "help": "'token' only: weight of log q(y | token), in [0, 1]."})
+    soft_policy: str = field(default="gumbel", metadata={"help": "'gumbel' or 'multiplex'."})
+    multiplex_top_k: int | None = field(default=None, metadata={
+        "help": "Multiplex filter's top-k (None: the full vocabulary)."})
+    multiplex_top_p: float = field(default=1.0, metadata={"help": "Multiplex filter's top-p."})
+    multiplex_weighting: str = field(default="weighted", metadata={
+        "help": "Multiplex input mix: 'weighted' or 'uniform'."})
+    multiplex_logprob: str = field(default="filtered", metadata={
+        "help": "Multiplex draw log-prob: 'filtered' or 'full'."})
+    multiplex_ratio: str = field(default="slot", metadata={
+        "help": "Multiplex PPO ratio: 'slot' (per draw) or 'joint'."})
     vllm_dtype: str = field(default="auto", metadata={"help": "Colocated vLLM engine dtype."})
     vllm_importance_sampling_correction: bool = field(
         default=False, metadata={"help": "Not supported with soft rollouts: keep False."})
@@ -99,7 +120,19 @@ class SoftGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name} is not supported by SoftGRPOTrainer's soft rollouts")
         if self.kl_kind not in KL_KINDS:
             raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
-        self.soft_thinking_config()  # validates the rollout settings now
+        if self.soft_thinking_config().multiplex:  # validates the rollout settings now
+            if self.use_vllm:
+                raise NotImplementedError("soft_policy='multiplex' with use_vllm=True: the vLLM "
+                                          "adapter does not carry multiplex records yet")
+            if self.loss_type != LOSS_TYPE:
+                raise ValueError(f"soft_policy='multiplex' needs loss_type={LOSS_TYPE!r} (per-draw "
+                                 f"log-probs), got {self.loss_type!r}")
+        if self.multiplex_logprob not in MULTIPLEX_LOGPROBS:
+            raise ValueError(f"multiplex_logprob must be one of {MULTIPLEX_LOGPROBS}, got "
+                             f"{self.multiplex_logprob!r}")
+        if self.multiplex_ratio not in MULTIPLEX_RATIOS:
+            raise ValueError(f"multiplex_ratio must be one of {MULTIPLEX_RATIOS}, got "
+                             f"{self.multiplex_ratio!r}")
         _checks.likelihood_setting(self.likelihood, self.conditional_weight,
                                    self.soft_noise_clamp, "soft_noise_clamp")
 
@@ -135,4 +168,6 @@ class SoftGRPOConfig(GRPOConfig):
             after_top_k=self.after_thinking_top_k, after_top_p=self.after_thinking_top_p,
             think_end=self.think_end, max_new_tokens=self.max_completion_length,
             max_thinking_tokens=self.max_thinking_tokens,
-            seed=self.seed if self.soft_seed is None else self.soft_seed, mode=self.rollout_mode)
+            seed=self.seed if self.soft_seed is None else self.soft_seed, mode=self.rollout_mode,
+            soft_policy=self.soft_policy, multiplex_top_k=self.multiplex_top_k,
+            multiplex_top_p=self.multiplex_top_p, multiplex_weighting=self.multiplex_weighting)

@@ -22,6 +22,9 @@ accelerate/DeepSpeed wrapping, metric logging, is inherited):
   computes the single-process loss and gradient; TRL's loss types run TRL's
   ``_compute_loss`` on the soft log-probs unchanged.
 - importance sampling: no rollout log-probs are handed to TRL (see SoftGRPOTrainer).
+- Multiplex Thinking (soft_policy "multiplex", spec 10): the records carry the draws, their
+  log-probs and (with a top-k filter) the kept sets; log-probs are (B, C, K) per draw, and the
+  "softgrpo" loss gets their slot mask and the ratio setting.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from trl.trainer.utils import get_config_model_id, pad
 
 from softgrpo.adapters.hf import generate, policy_logprobs
 from softgrpo.loss import softgrpo_loss
+from softgrpo.ops.multiplex import multiplex_slots
 from softgrpo.rollout import Rollout, select
 
 from .config import LOSS_TYPE, SoftGRPOConfig
@@ -150,7 +154,8 @@ class SoftGRPOTrainer(GRPOTrainer):
             if target is not None:
                 add_soft_head(target.get_base_model() if is_peft_model(target) else target,
                               likelihood=args.likelihood,
-                              conditional_weight=args.conditional_weight)
+                              conditional_weight=args.conditional_weight,
+                              multiplex_logprob=args.multiplex_logprob)
         self._soft_records: dict[str, torch.Tensor] | None = None
         self._next_sequence = 0
         logger.info(IS_REASON)
@@ -190,10 +195,16 @@ class SoftGRPOTrainer(GRPOTrainer):
                 rollout = generate(unwrapped_model, self._tokenizer, config=self.soft_config,
                                    input_ids=input_ids, attention_mask=mask,
                                    sequence_ids=sequence_ids)
-        self._soft_records = {PREFIX + n: getattr(rollout, n) for n in POSITION_FIELDS + ROW_FIELDS}
+        self._soft_records = {PREFIX + n: getattr(rollout, n) for n in self._fields()}
         completions = [row[keep].tolist() for row, keep in
                        zip(rollout.response_ids.cpu(), rollout.response_mask.cpu())]
         return completions, None  # no sampling log-probs for TRL: see IS_REASON
+
+    def _fields(self) -> tuple[str, ...]:
+        """The Rollout tensors carried in TRL's batch (and the multiplex kept sets)."""
+        kept = ("kept_ids",) if self.soft_config.multiplex_top_k and self.soft_config.multiplex \
+            else ()
+        return POSITION_FIELDS + kept + ROW_FIELDS
 
     def _generate_and_score_completions(self, inputs):
         try:
@@ -202,7 +213,7 @@ class SoftGRPOTrainer(GRPOTrainer):
             records, self._soft_records = self._soft_records, None
         width = output["completion_ids"].shape[1]
         for name, value in records.items():
-            output[name] = _fit(value, width) if name[len(PREFIX):] in POSITION_FIELDS else value
+            output[name] = value if name[len(PREFIX):] in ROW_FIELDS else _fit(value, width)
         # forced think-end tokens were not sampled: keep them out of the loss via tool_mask
         output["tool_mask"] = (~output[PREFIX + "forced_mask"]).long()
         mask = output["completion_mask"] * output["tool_mask"]
@@ -230,8 +241,8 @@ class SoftGRPOTrainer(GRPOTrainer):
             raise RuntimeError("no soft records are active: log-probs are computed only for "
                                "batches made by SoftGRPOTrainer")
         width = logits_to_keep
-        fields = {n: self._soft_records[PREFIX + n] for n in POSITION_FIELDS + ROW_FIELDS}
-        fields.update({n: _fit(fields[n], width) for n in POSITION_FIELDS})
+        fields = {n: self._soft_records[PREFIX + n] for n in self._fields()}
+        fields.update({n: _fit(v, width) for n, v in fields.items() if n not in ROW_FIELDS})
         mask = attention_mask.bool()
         return Rollout(prompt_ids=input_ids[:, :-width], prompt_mask=mask[:, :-width],
                        response_ids=input_ids[:, -width:], response_mask=mask[:, -width:],
@@ -251,7 +262,7 @@ class SoftGRPOTrainer(GRPOTrainer):
                 model(softgrpo_rollout=select(rollout, slice(start, start + batch_size))).log_probs
                 for start in range(0, rows, batch_size)])
         # the full-vocabulary entropy at soft rows would need the full logits: not computed
-        entropies = torch.full_like(logps, math.nan) if compute_entropy else None
+        entropies = logps.new_full(logps.shape[:2], math.nan) if compute_entropy else None
         return logps, entropies, None
 
     # ---- loss -----------------------------------------------------------------------------
@@ -269,11 +280,14 @@ class SoftGRPOTrainer(GRPOTrainer):
             model, input_ids, attention_mask, completion_ids.shape[1])
         mask = inputs["completion_mask"] * inputs["tool_mask"]
         old = inputs.get("old_per_token_logps")
+        slots = (multiplex_slots(_fit(inputs[PREFIX + "perturbed"], mask.shape[1]))
+                 if self.soft_config.multiplex else None)
         loss, metrics = softgrpo_loss(
             logps, logps.detach() if old is None else old, inputs["advantages"], mask,
             ref_logp=inputs.get("ref_per_token_logps"), kl_coef=self.beta,
             kl_kind=self.args.kl_kind, clip_low=self.epsilon_low, clip_high=self.epsilon_high,
-            dual_clip=self.args.dual_clip, agg="token-mean")
+            dual_clip=self.args.dual_clip, agg="token-mean", slot_mask=slots,
+            ratio=self.args.multiplex_ratio)
         mode = "train" if self.model.training else "eval"
         values = torch.tensor(list(metrics.values()), device=logps.device)
         values = self.accelerator.gather(values[None]).mean(0).tolist()

@@ -61,11 +61,17 @@ def soft_config(section: dict | None, sampling_params: dict[str, Any],
         raise ValueError(f"soft thinking needs actor_rollout_ref.rollout.top_k >= 1 (the "
                          f"soft-token width K), got {k}")
     try:
-        return SoftThinkingConfig(k=k, top_p=float(sampling_params.get("top_p", 1.0)),
-                                  temperature=float(sampling_params.get("temperature", 1.0)),
-                                  max_new_tokens=int(response_length), **section)
+        config = SoftThinkingConfig(k=k, top_p=float(sampling_params.get("top_p", 1.0)),
+                                    temperature=float(sampling_params.get("temperature", 1.0)),
+                                    max_new_tokens=int(response_length), **section)
     except TypeError as error:
         raise ValueError(f"the {SECTION} section: {error}") from error
+    if config.multiplex:
+        raise ValueError(f"{SECTION}.soft_policy 'multiplex' is not served by the "
+                         f"softgrpo_vllm rollout server yet (the vLLM adapter does not carry "
+                         "multiplex records); build records with agent_loop_output from an HF "
+                         "rollout")
+    return config
 
 
 def eos_ids(tokenizer, model_path: str | None) -> list[int]:

@@ -6,7 +6,9 @@ modules of their own, whose weights are sharded outside their own forward; so th
 embedding and the soft log-prob each run *as the forward of that module* (its forward is
 swapped for the call), and FSDP's hooks unshard the weight and reduce its gradient as usual.
 No (N, V) logits are formed: soft rows read K rows of the head
-(softgrpo.soft_logprob_from_hidden), discrete rows a chunked log-sum-exp.
+(softgrpo.soft_logprob_from_hidden), discrete rows a chunked log-sum-exp. Multiplex records
+(spec 10) are mixed by their draws' weights and scored by the sum of the draws' log-probs
+(softgrpo.multiplex_logprob_from_hidden).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from softgrpo import soft_token_embedding
+from softgrpo import soft_embedding, soft_token_embedding
 from softgrpo.adapters.hf.embeddings import InputEmbedder
 from softgrpo.adapters.hf.forward import lm_head
 from softgrpo.ops.fused_linear import soft_logprob_from_hidden
+from softgrpo.ops.multiplex import multiplex_weights
+from softgrpo.ops.multiplex_logprob import multiplex_logprob_from_hidden
 
 from .records import PackedRecords
 
@@ -53,23 +57,36 @@ def soft_forward(model: torch.nn.Module, records: PackedRecords, scale: torch.Te
         backbone_kwargs: position_ids, attention_mask, ... for the backbone (no input_ids).
     The soft input embeddings are detached, as in the release (spec 4).
     """
+    multiplex = records.policy == "multiplex"
+
     def embed(module, tokens):
         with torch.no_grad():
-            rows = soft_token_embedding(module.weight, records.ids, records.perturbed, records.tau)
+            if multiplex:  # the draws' mix (spec 10)
+                weights = multiplex_weights(records.perturbed, records.weighting)
+                rows = soft_embedding(module.weight, records.ids, weights)
+            else:
+                rows = soft_token_embedding(module.weight, records.ids, records.perturbed,
+                                            records.tau)
             # the module's own semantics: a row of its table times its constant scale
             return rows if scale is None else rows * scale.to(rows.dtype)
 
     scored = records.scored
     # the label of position t is the record of position t + 1
     labels = records.ids.roll(-1, 0)[scored], records.perturbed.roll(-1, 0)[scored]
+    kept = records.kept.roll(-1, 0)[scored] if records.likelihood == "filtered" else None
 
     def head(module, hidden):
-        bias = module.bias
-        values = soft_logprob_from_hidden(
-            hidden, module.weight.to(hidden.dtype), *labels, temperature=records.temperature,
-            clamp=records.clamp, likelihood=records.likelihood,
-            conditional_weight=records.conditional_weight, noise_scale=records.noise_scale,
-            bias=None if bias is None else bias.to(hidden.dtype))
+        bias = None if module.bias is None else module.bias.to(hidden.dtype)
+        weight = module.weight.to(hidden.dtype)
+        if multiplex:  # the step's joint log-prob: the sum over its draws (spec 10)
+            values = multiplex_logprob_from_hidden(
+                hidden, weight, *labels, kept=kept, bias=bias,
+                temperature=records.temperature).sum(-1)
+        else:
+            values = soft_logprob_from_hidden(
+                hidden, weight, *labels, temperature=records.temperature, clamp=records.clamp,
+                likelihood=records.likelihood, conditional_weight=records.conditional_weight,
+                noise_scale=records.noise_scale, bias=bias)
         # FSDP2 hooks the output for the backward; a view of it could lose that hook
         return values if values._base is None else values.clone()
 

@@ -60,7 +60,7 @@ def _(logits, k, *args):
             logits.new_empty((b, k), **f32), logits.new_empty((b,), **f32))
 
 
-def _row_keys(name: str, value: int | torch.Tensor, rows: int, device: torch.device,
+def row_keys(name: str, value: int | torch.Tensor, rows: int, device: torch.device,
               high: int) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         _checks.tensor(name, value, dtypes=_checks.INT_DTYPES, ndim=1)
@@ -105,10 +105,7 @@ def soft_sample(logits: torch.Tensor, k: int = 5, *, temperature: float = 1.0,
     Raises:
         TypeError / ValueError naming the argument on bad input.
     """
-    _checks.tensor("logits", logits, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    b, v = logits.shape
-    if b == 0 or v == 0:
-        raise ValueError(f"logits must be non-empty, got shape {tuple(logits.shape)}")
+    b, v = _checks.logits_rows(logits)
     k = _checks.integer("k", k, 1, v)
     discrete_k = k if discrete_k is None else _checks.integer("discrete_k", discrete_k, 1, v)
     temperature = _checks.real("temperature", temperature, low=0.0, high=math.inf, high_open=True)
@@ -123,8 +120,8 @@ def soft_sample(logits: torch.Tensor, k: int = 5, *, temperature: float = 1.0,
     if math.log(1.0 / k + eps) <= mask_threshold:
         raise ValueError(f"k={k} with mask_threshold={mask_threshold}: a soft row could keep no "
                          "slot and its rollout log-prob would be undefined; lower mask_threshold")
-    seed_t = _row_keys("seed", seed, b, logits.device, philox.MAX_SEED)
-    offset_t = _row_keys("offset", offset, b, logits.device, philox.MAX_OFFSET)
+    seed_t = row_keys("seed", seed, b, logits.device, philox.MAX_SEED)
+    offset_t = row_keys("offset", offset, b, logits.device, philox.MAX_OFFSET)
     if thinking is None:
         thinking = torch.ones(b, dtype=torch.bool, device=logits.device)
     _checks.tensor("thinking", thinking, dtypes=(torch.bool,), ndim=1)

@@ -56,11 +56,12 @@ def cast_grads(grad_h: Tensor, grad_w: Tensor, grad_b: Tensor | None, hidden: Te
 
 def subtract_normalisers(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None,
                          ids2: Tensor, temperature: float, chunk_size: int,
-                         mm_dtype: torch.dtype, block_lse: BlockLse) -> tuple[Tensor, Tensor]:
-    """Discrete rows of out (N,) hold their scaled label logit: subtract the log-sum-exp over
-    the vocabulary of (h @ weight.T + bias) / T, built block by block. Returns (out, lse),
-    lse (N,) in out's dtype with 0 at soft rows."""
-    rows = is_discrete(ids2).nonzero().squeeze(-1)
+                         mm_dtype: torch.dtype, block_lse: BlockLse,
+                         full: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The rows ``full`` (N,) bool (default: the discrete rows) of out (N,) hold a scaled
+    logit: subtract the log-sum-exp over the vocabulary of (h @ weight.T + bias) / T, built
+    block by block. Returns (out, lse), lse (N,) in out's dtype with 0 at the other rows."""
+    rows = (is_discrete(ids2) if full is None else full).nonzero().squeeze(-1)
     x = h.index_select(0, rows).to(mm_dtype)
     lse_d = torch.full(rows.shape, -math.inf, dtype=out.dtype, device=out.device)
     for v0, v1 in _spans(weight.shape[0] if rows.numel() else 0, chunk_size):  # no rows: none
@@ -75,13 +76,14 @@ def subtract_normalisers(out: Tensor, h: Tensor, weight: Tensor, bias: Tensor | 
 def normaliser_backward(go: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None,
                         ids2: Tensor, lse: Tensor, temperature: float, chunk_size: int,
                         mm_dtype: torch.dtype, acc_dtype: torch.dtype,
-                        grad_w_dtype: torch.dtype, block_grad: BlockGrad
-                        ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Gradient of the discrete rows' -lse term, block by block (each block recomputed).
+                        grad_w_dtype: torch.dtype, block_grad: BlockGrad,
+                        full: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradient of go * (-lse) at the rows ``full`` (default: the discrete rows), block by
+    block (each block recomputed).
 
-    Returns grad_h (N, H) in acc_dtype (zero at soft rows), grad_w (V, H) in grad_w_dtype and
-    grad_b (V,) in acc_dtype (None without bias), for the gathered path to add to."""
-    rows = is_discrete(ids2).nonzero().squeeze(-1)
+    Returns grad_h (N, H) in acc_dtype (zero at the other rows), grad_w (V, H) in grad_w_dtype
+    and grad_b (V,) in acc_dtype (None without bias), for the gathered path to add to."""
+    rows = (is_discrete(ids2) if full is None else full).nonzero().squeeze(-1)
     x, go_d, lse_d = h.index_select(0, rows).to(mm_dtype), go[rows], lse[rows]
     grad_hd = torch.zeros(x.shape, dtype=acc_dtype, device=h.device)
     grad_w = torch.zeros(weight.shape, dtype=grad_w_dtype, device=weight.device)
@@ -123,13 +125,14 @@ def _block_grad(z: Tensor, b: Tensor | None, lse: Tensor, go: Tensor,
     return d.mul_((-go / temperature)[:, None])
 
 
-def _slots(h: Tensor, weight: Tensor, ids2: Tensor, dtype: torch.dtype,
-           chunk_size: int) -> Iterator[tuple[Tensor, int, Tensor, Tensor]]:
+def _slots(h: Tensor, weight: Tensor, ids2: Tensor, dtype: torch.dtype, chunk_size: int,
+           wide: Tensor | None) -> Iterator[tuple[Tensor, int, Tensor, Tensor]]:
     """(rows, slot j, h[rows], weight[ids[rows, j]]), in dtype, chunk_size rows at a time: slot
-    0 of every row, the other slots of soft rows only (a discrete row's are padding). These
-    are the only head rows the gathered path reads, (chunk, H) at a time."""
+    0 of every row, the other slots of the rows ``wide`` (default: the soft rows; a discrete
+    row's are padding). These are the only head rows the gathered path reads, (chunk, H) at a
+    time."""
     every = torch.arange(h.shape[0], device=h.device)
-    soft = (~is_discrete(ids2)).nonzero().squeeze(-1)
+    soft = (~is_discrete(ids2) if wide is None else wide).nonzero().squeeze(-1)
     for j in range(ids2.shape[1]):
         rows_j = every if j == 0 else soft
         for a, b in _spans(rows_j.numel(), chunk_size):
@@ -139,13 +142,27 @@ def _slots(h: Tensor, weight: Tensor, ids2: Tensor, dtype: torch.dtype,
 
 
 def gathered_logits(h: Tensor, weight: Tensor, bias: Tensor | None, ids2: Tensor,
-                    dtype: torch.dtype, chunk_size: int) -> Tensor:
-    """The (N, K) logits h[n] . weight[ids[n, j]] + bias[ids[n, j]] in dtype (a discrete row's
-    padding slots get bias[0] alone: nothing reads them)."""
+                    dtype: torch.dtype, chunk_size: int, wide: Tensor | None = None) -> Tensor:
+    """The (N, K) logits h[n] . weight[ids[n, j]] + bias[ids[n, j]] in dtype, slots >= 1 of the
+    rows ``wide`` only (default: the soft rows; the others' padding slots get bias alone:
+    nothing reads them)."""
     out = torch.zeros(ids2.shape, dtype=dtype, device=h.device)
-    for rows, j, x, w_rows in _slots(h, weight, ids2, dtype, chunk_size):
+    for rows, j, x, w_rows in _slots(h, weight, ids2, dtype, chunk_size, wide):
         out[rows, j] = torch.linalg.vecdot(w_rows, x)
     return out if bias is None else out + bias[ids2].to(dtype)
+
+
+def gathered_backward(d_zk: Tensor, h: Tensor, weight: Tensor, ids2: Tensor, grad_h: Tensor,
+                      grad_w: Tensor, grad_b: Tensor | None, dtype: torch.dtype,
+                      chunk_size: int, wide: Tensor | None = None) -> None:
+    """Add the gradient of the gathered logits, coefficients d_zk (N, K) w.r.t. the raw
+    logits, to grad_h, grad_w and grad_b in place (slots as gathered_logits reads them)."""
+    for rows, j, x, w_rows in _slots(h, weight, ids2, dtype, chunk_size, wide):
+        c = d_zk[rows, j, None]
+        grad_h.index_add_(0, rows, c * w_rows)
+        grad_w.index_add_(0, ids2[rows, j], c * x)
+    if grad_b is not None:
+        grad_b.index_add_(0, ids2.reshape(-1), d_zk.reshape(-1))
 
 
 def soft_logprob_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor,
@@ -186,10 +203,5 @@ def soft_logprob_from_hidden_backward(grad: Tensor, hidden: Tensor, weight: Tens
     label = torch.zeros_like(d_zk)
     label[:, 0] = go / temperature
     d_zk = torch.where(is_discrete(ids2)[:, None], label, d_zk)  # discrete: d/d label logit
-    for rows, j, x, w_rows in _slots(h, weight, ids2, dtype, chunk_size):
-        c = d_zk[rows, j, None]
-        grad_h.index_add_(0, rows, c * w_rows)
-        grad_w.index_add_(0, ids2[rows, j], c * x)
-    if grad_b is not None:
-        grad_b.index_add_(0, ids2.reshape(-1), d_zk.reshape(-1))
+    gathered_backward(d_zk, h, weight, ids2, grad_h, grad_w, grad_b, dtype, chunk_size)
     return cast_grads(grad_h, grad_w, grad_b, hidden, weight, bias)

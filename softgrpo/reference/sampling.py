@@ -44,16 +44,20 @@ def topk_sorted(logits: torch.Tensor, k: int, temperature: float = 1.0
     return vals.gather(-1, order), ids.gather(-1, order)
 
 
-def filtered(vals: torch.Tensor, top_p: float) -> torch.Tensor:
-    """p_hat of spec 2.2 from the sorted top-k logits: renormalise, nucleus, renormalise.
+def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p on probabilities p sorted descending (B, k), then renormalised.
 
     A slot is cut once the mass before it exceeds top_p; tied slots are cut or kept together
     (the mass before a tie is taken at its first slot), as flashinfer's top-p sampler does."""
-    p = torch.softmax(vals, dim=-1)  # the full-vocabulary normaliser cancels in the renorm
     desc = p.neg().contiguous()  # ascending: searchsorted finds each tie's first slot
     first = torch.searchsorted(desc, desc)
     p = p.masked_fill(p.cumsum(-1).gather(-1, first) - p > top_p, 0.0)
     return p / p.sum(-1, keepdim=True)
+
+
+def filtered(vals: torch.Tensor, top_p: float) -> torch.Tensor:
+    """p_hat of spec 2.2 from the sorted top-k logits: renormalise, nucleus, renormalise."""
+    return nucleus(torch.softmax(vals, dim=-1), top_p)  # the full normaliser cancels
 
 
 def soft_sample(logits: torch.Tensor, k: int, temperature: float, top_p: float, tau: float,

@@ -282,8 +282,11 @@ def test_actor_rejects_misaligned_records_and_temperature(process_group, tiny):
         _actor_log_probs(worker, _batch(outputs))
 
 
-def test_ppo_update_through_verl_loss(process_group, tiny):
-    _, _, path, rollout = tiny
+@pytest.mark.parametrize("policy", ["gumbel", "multiplex"])
+def test_ppo_update_through_verl_loss(process_group, tiny, policy):
+    model, tokenizer, path, rollout = tiny
+    if policy == "multiplex":  # scored by the steps' joint log-probs
+        rollout = generate(model, tokenizer, PROMPTS, MULTIPLEX["filtered"])
     worker = _worker(path)
     config = _actor_config(policy_loss={"loss_mode": sv.LOSS_MODE}, use_kl_loss=False,
                            ppo_mini_batch_size=len(PROMPTS))
@@ -358,3 +361,36 @@ def test_rollout_name_is_registered_with_verl():
     assert _ROLLOUT_REGISTRY[(sv.ROLLOUT_NAME, "async")] == _ROLLOUT_REGISTRY[("vllm", "async")]
 
     assert _agent_loop_registry[sv.AGENT_LOOP]["_target_"].endswith("SoftThinkingAgentLoop")
+
+
+# ---- Multiplex Thinking records (spec 10) -----------------------------------------------------
+MULTIPLEX = {"release": CONFIG.replace(soft_policy="multiplex", k=3),
+             "filtered": CONFIG.replace(soft_policy="multiplex", k=2, multiplex_top_k=5,
+                                        multiplex_top_p=0.9, multiplex_weighting="uniform")}
+
+
+@pytest.mark.parametrize("name", MULTIPLEX)
+@pytest.mark.parametrize("likelihood", ["filtered", "full"])
+def test_actor_scores_multiplex_records_by_their_joint_log_prob(process_group, tiny, name,
+                                                                likelihood):
+    """The actor's log-prob of a multiplex step is the sum of its draws' log-probs, as the HF
+    adapter computes them (kept sets travel with the records)."""
+    model, tokenizer, path, _ = tiny
+    rollout = generate(model, tokenizer, PROMPTS, MULTIPLEX[name])
+    assert rollout.thinking_mask.any()
+    outputs = [sv.agent_loop_output(rollout, row, likelihood=likelihood)
+               for row in range(len(PROMPTS))]
+    actor = _actor_log_probs(_worker(path), _batch(outputs))
+    with torch.no_grad():
+        want = policy_logprobs(model, rollout, multiplex_logprob=likelihood).sum(-1)
+    torch.testing.assert_close(actor, want[:, :actor.shape[1]], rtol=1e-5, atol=1e-5)
+
+
+def test_multiplex_settings_are_checked(tiny):
+    model, tokenizer, _, _ = tiny
+    rollout = generate(model, tokenizer, PROMPTS[:1], MULTIPLEX["release"])
+    with pytest.raises(ValueError, match="filtered"):
+        sv.agent_loop_output(rollout, 0, likelihood="release")
+    with pytest.raises(ValueError, match="not served"):
+        soft_config({"soft_policy": "multiplex"}, {"top_k": 3, "top_p": 1.0,
+                                                   "temperature": 1.0}, 16)

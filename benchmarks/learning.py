@@ -8,9 +8,9 @@ Each run is the trainer itself (``softgrpo.trainer.train`` on the task's shipped
 the row's settings, the warm-start teacher, the seed and --set), one process per run, W at a
 time (default: one per CPU core, each with one torch thread). A task's configurations are the
 rows of its table (TASKS: one line per row); a task with several warm-start teachers runs
-every row under each. Every run of a (seed, teacher) starts from the same warm-started weights
-(the trainer's warm_start_cache under --runs, filled by the first run of that pair before the
-others start). A run already finished under --runs is reused, so an interrupted benchmark
+every row under each (or those the row names). Every run of a (seed, teacher) starts from the
+same warm-started weights (the trainer's warm_start_cache under --runs, filled by the first run
+of that pair before the others start). A run already finished under --runs is reused, so an interrupted benchmark
 picks up where it stopped. Writes FILE: per teacher, the mean and standard error over seeds of
 held-out Pass@1 and Pass@32 before and after training in each row's own decoding mode, the
 paired differences against GRPO, a table of every decoding mode; FILE with .png: held-out
@@ -38,11 +38,13 @@ from benchmarks.run import machine, versions
 @dataclass(frozen=True)
 class Row:
     """One configuration: TrainConfig settings on top of the task's shipped config. seeds:
-    run it on the first N of the benchmark's seeds only (a sweep on a subset); None: all."""
+    run it on the first N of the benchmark's seeds only (a sweep on a subset); None: all.
+    teachers: run it under these warm-start teachers only; None: all of the task's."""
 
     name: str
     settings: dict
     seeds: int | None = None
+    teachers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,12 @@ GRPO = dict(algorithm="grpo", likelihood="release", noise_clamp=[-1.5, 3.0])
 RELEASE = dict(algorithm="softgrpo", likelihood="release", noise_clamp=[-1.5, 3.0])
 TOKEN = dict(algorithm="softgrpo", likelihood="token", noise_clamp=None)
 EXACT = dict(algorithm="softgrpo", likelihood="exact", noise_clamp=None)
+# Multiplex Thinking (spec 10) with its defaults: k draws from the unfiltered distribution,
+# probability-weighted mix, the filtered (exact) log-prob, the per-draw ratio
+MULTIPLEX = dict(algorithm="softgrpo", soft_policy="multiplex")
 SWEEP_SEEDS = 2  # the tau / k sweep's subset of seeds
+# mnns: the soft rows beyond grpo / token / release run under the teacher that teaches mixes
+DISTRIBUTION = ("distribution",)
 WEIGHT_SAMPLES = 8  # samples per held-out problem for the soft-weight analysis
 
 TASKS = {
@@ -75,17 +82,22 @@ TASKS = {
         Row("exact", EXACT),
         Row("token", TOKEN),
         Row("token-0.5", {**TOKEN, "conditional_weight": 0.5}),
+        Row("multiplex-k3", {**MULTIPLEX, "k": 3}),
+        Row("multiplex-k2", {**MULTIPLEX, "k": 2}, SWEEP_SEEDS),
+        Row("multiplex-k5", {**MULTIPLEX, "k": 5}, SWEEP_SEEDS),
     ), Path("benchmarks/results/learning-cpu.md"),
         "Learning on the running-sum task: GRPO and SofT-GRPO by soft-row likelihood"),
     "mnns": Task("mnns", (
         Row("grpo", GRPO),
         Row("token", TOKEN),
         Row("release", RELEASE),
-        Row("token-tau1-k10", {**TOKEN, "tau": 1.0, "k": 10}),
-        Row("token-tau0.5", {**TOKEN, "tau": 0.5}, SWEEP_SEEDS),
-        Row("token-tau1", {**TOKEN, "tau": 1.0}, SWEEP_SEEDS),
-        Row("token-k10", {**TOKEN, "k": 10}, SWEEP_SEEDS),
-        Row("exact-tau1-k10", {**EXACT, "tau": 1.0, "k": 10}, SWEEP_SEEDS),
+        Row("token-tau1-k10", {**TOKEN, "tau": 1.0, "k": 10}, None, DISTRIBUTION),
+        Row("token-tau0.5", {**TOKEN, "tau": 0.5}, SWEEP_SEEDS, DISTRIBUTION),
+        Row("token-tau1", {**TOKEN, "tau": 1.0}, SWEEP_SEEDS, DISTRIBUTION),
+        Row("token-k10", {**TOKEN, "k": 10}, SWEEP_SEEDS, DISTRIBUTION),
+        Row("multiplex-k3", {**MULTIPLEX, "k": 3}, None, DISTRIBUTION),
+        Row("multiplex-k2", {**MULTIPLEX, "k": 2}, SWEEP_SEEDS, DISTRIBUTION),
+        Row("multiplex-k5", {**MULTIPLEX, "k": 5}, SWEEP_SEEDS, DISTRIBUTION),
     ), Path("benchmarks/results/learning-mnns-cpu.md"),
         "Learning on mnns (CoT2's minimum non-negative sum): GRPO and SofT-GRPO",
         teachers=("distribution", "path"), analyse=("token", "token-tau1-k10")),
@@ -203,6 +215,10 @@ def _row_seeds(row: Row, seeds: list[int]) -> list[int]:
     return seeds if row.seeds is None else seeds[:row.seeds]
 
 
+def _teacher_rows(rows: list[Row], teacher: str | None) -> list[Row]:
+    return [row for row in rows if row.teachers is None or teacher in row.teachers]
+
+
 def table(results: dict[Job, dict], rows: list[Row], teacher: str | None,
           seeds: list[int]) -> str:
     """Per row: before / after in its own decoding mode, and the paired difference against
@@ -295,7 +311,7 @@ def plot(results: dict[Job, dict], task: Task, rows: list[Row], seeds: list[int]
     for col, teacher in enumerate(teachers):
         label = f", {teacher} teacher" if teacher else ""
         steps_ax, k_ax = axes[0, col], axes[1, col]
-        for row in rows:
+        for row in _teacher_rows(rows, teacher):
             ss = _row_seeds(row, seeds)
             mode = results[(row.name, teacher, ss[0])]["eval_mode"]
             points = sorted(curves(runs, (row.name, teacher), ss, mode).items())
@@ -332,6 +348,7 @@ def report(results: dict[Job, dict], task: Task, rows: list[Row], seeds: list[in
     own = _own(any_run, "first_eval")
     defs = "; ".join(f"`{row.name}`: " + ", ".join(f"{k}={v}" for k, v in row.settings.items())
                      + ("" if row.seeds is None else f" (first {row.seeds} seeds)")
+                     + ("" if row.teachers is None else f" ({', '.join(row.teachers)} teacher)")
                      for row in rows)
     lines = [
         f"# {task.title}", "",
@@ -351,10 +368,11 @@ def report(results: dict[Job, dict], task: Task, rows: list[Row], seeds: list[in
     for teacher in task.teachers:
         if teacher is not None:
             lines += [f"## Warm-start teacher: {teacher}", ""]
-        lines += [table(results, rows, teacher, seeds), "",
+        here = _teacher_rows(rows, teacher)
+        lines += [table(results, here, teacher, seeds), "",
                   ("Every decoding mode (soft-no-noise: noise scale 0, greedy: temperature 0, "
                   "one sample; the mode each row trains with is marked):"), "",
-                  mode_table(results, rows, teacher, seeds), ""]
+                  mode_table(results, here, teacher, seeds), ""]
     lines += [f"![Pass@1 against step, Pass@k against k]({png.name})", ""]
     analysed = [row for row in rows if row.name in task.analyse]
     if analysed:
@@ -374,7 +392,7 @@ def weights_section(task: Task, rows: list[Row], seeds: list[int], runs: Path,
     png = out.with_name(out.stem + "-soft-weights.png")
     groups = {f"{row.name}, {teacher} teacher" if teacher else row.name:
               [run_dir(runs, (row.name, teacher, s)) for s in _row_seeds(row, seeds)]
-              for teacher in task.teachers for row in rows}
+              for teacher in task.teachers for row in _teacher_rows(rows, teacher)}
     results = soft_weights.measure(groups, WEIGHT_SAMPLES, "soft")
     soft_weights.plot(results, png, soft_weights.THRESHOLD)
     return [("What a soft step carries (`benchmarks.soft_weights`: soft decoding with noise, as "
@@ -417,7 +435,7 @@ def main(argv: list[str] | None = None) -> Path:
     if steps is None:  # the bar needs the count: the shipped config's, or --set's
         steps = load_config(task.config, extra).steps
     jobs = [(row.name, teacher, seed) for teacher in task.teachers for seed in seeds
-            for row in rows if seed in _row_seeds(row, seeds)]
+            for row in _teacher_rows(rows, teacher) if seed in _row_seeds(row, seeds)]
     started, load = time.perf_counter(), os.getloadavg()[0]
     results = run_all(task, jobs, steps, extra, runs, max(1, args.workers))
     command = "python -m benchmarks.learning " + " ".join(argv if argv is not None

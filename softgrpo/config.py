@@ -32,7 +32,8 @@ BUILTIN_TASKS = (BUILTIN_TASK, "mnns")  # the synthetic tasks (softgrpo.tasks)
 TEACHERS = ("path", "distribution")  # warm-start teachers of the built-in tasks
 # evaluation decoding modes (eval_config): "discrete" sampling, "soft" thinking with Gumbel
 # noise (as SofT-GRPO trains), "soft-no-noise" (noise_scale 0: Soft Thinking's original
-# deterministic mix, then sampled answers), "greedy" (temperature 0: argmax tokens)
+# deterministic mix, then sampled answers; with the multiplex policy, the k most probable
+# tokens mixed by their renormalised probabilities), "greedy" (temperature 0: argmax tokens)
 EVAL_MODES = ("discrete", "soft", "soft-no-noise", "greedy")
 EVAL_KS = (1, 4, 16, 32)  # the paper's Pass@k (those <= eval_samples)
 ALGORITHMS = {"softgrpo": "soft", "grpo": "discrete"}  # algorithm -> rollout mode
@@ -277,6 +278,11 @@ class TrainConfig:
         config = self.rollout_config(mode="soft" if mode.startswith("soft") else "discrete",
                                      temperature=self.eval_temperature,
                                      seed=(self.seed + 1) % 2**32)
+        if mode == "soft-no-noise" and config.multiplex:  # no draws: the k most probable
+            # tokens of the multiplex filter, mixed by their renormalised probabilities
+            return config.replace(soft_policy="gumbel", noise_scale=0.0, tau=1.0,
+                                  k=min(config.k, self.multiplex_top_k or config.k),
+                                  top_p=self.multiplex_top_p)
         if mode == "soft-no-noise":
             return config.replace(noise_scale=0.0)
         return config.replace(temperature=0.0) if mode == "greedy" else config

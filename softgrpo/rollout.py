@@ -93,9 +93,9 @@ class SoftThinkingConfig:
             _checks.integer("k", self.k, 2, MAX_DRAWS)  # k = 1 is ordinary sampling
             check_filter(self.multiplex_top_k, self.multiplex_top_p)
             check_weighting(self.multiplex_weighting)
-            if self.temperature == 0.0:
+            if self.temperature == 0.0 and self.mode == "soft":
                 raise ValueError("soft_policy 'multiplex' draws its tokens: temperature must be "
-                                 "> 0")
+                                 "> 0 in soft mode")
         elif math.log(1.0 / self.k + 1e-6) <= -3.0:
             raise ValueError(f"k must be <= 20 (got {self.k}): with more slots a soft step can "
                              "keep none and its log-prob is undefined (spec 4)")

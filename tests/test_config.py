@@ -69,6 +69,18 @@ def test_evaluation_modes_and_ks():
         cfg.eval_config("beam")
 
 
+def test_multiplex_evaluation_modes():
+    cfg = TrainConfig(soft_policy="multiplex", k=4, multiplex_top_k=3, multiplex_top_p=0.9)
+    soft, quiet, greedy = (cfg.eval_config(m) for m in ("soft", "soft-no-noise", "greedy"))
+    assert (soft.soft_policy, soft.k, soft.temperature) == ("multiplex", 4, 1.0)
+    # no draws: the filter's most probable tokens (at most its top-k) by their probabilities
+    assert (quiet.soft_policy, quiet.k, quiet.tau, quiet.noise_scale, quiet.top_p) == (
+        "gumbel", 3, 1.0, 0.0, 0.9)
+    assert (greedy.mode, greedy.soft_policy, greedy.temperature) == ("discrete", "multiplex", 0.0)
+    with pytest.raises(ValueError, match="temperature must be > 0 in soft mode"):
+        soft.replace(temperature=0.0)
+
+
 def test_config_round_trips_through_yaml(tmp_path):
     cfg = load_config("default", {"algorithm": "grpo", "noise_clamp": None})
     cfg.save_yaml(tmp_path / "c.yaml")

@@ -38,7 +38,7 @@ def _no_load(text: str) -> str:
 
 
 def test_mnns_teachers_sweep_subset_and_shared_warm_starts(tmp_path, monkeypatch):
-    sweep = "exact-tau1-k10"  # a row on the first two seeds only; analysed here
+    sweep = "token-k10"  # on the first two seeds, under the distribution teacher only
     monkeypatch.setitem(learning.TASKS, "mnns",
                         dataclasses.replace(learning.TASKS["mnns"], analyse=(sweep,)))
     runs = tmp_path / "runs"
@@ -48,18 +48,20 @@ def test_mnns_teachers_sweep_subset_and_shared_warm_starts(tmp_path, monkeypatch
             "--task_digit_range", "[1,5]", "--max_response_length", "7"]
     text = learning.main(argv).read_text()
     assert "## Warm-start teacher: distribution" in text and "## Warm-start teacher: path" in text
-    for teacher in ("distribution", "path"):
-        section = text.split(f"teacher: {teacher}")[1]
-        assert "| discrete | 3 |" in _rows(section, "grpo")[0]
-        assert "| soft | 2 |" in _rows(section, sweep)[0]  # a subset of seeds
+    distribution, path = text.split("teacher: path")
+    assert "| soft | 2 |" in _rows(distribution, sweep)[0]  # a subset of seeds
+    assert not _rows(path, sweep) and not (runs / sweep / "path").exists()
+    for teacher, section in (("distribution", distribution), ("path", path)):
+        assert "| discrete | 3 |" in _rows(section.split(f"teacher: {teacher}")[-1], "grpo")[0]
         for seed in (0, 1, 2):
             logs = [(runs / name / teacher / f"seed{seed}" / "train.log").read_text()
-                    for name in ("grpo", sweep) if name == "grpo" or seed < 2]
-            # the first run of a (seed, teacher) warm-starts, the other reuses its weights
+                    for name in ("grpo", sweep)
+                    if name == "grpo" or (seed < 2 and teacher == "distribution")]
+            # the first run of a (seed, teacher) warm-starts, the others reuse its weights
             assert sum("(reused " in log for log in logs) == len(logs) - 1
             assert f"({teacher} teacher)" in logs[0]
     assert len(list((runs / "warm-start").iterdir())) == 6
-    # the soft-weight analysis of the analysed row, per teacher, before and after
+    # the soft-weight analysis of the analysed row, under its teacher, before and after
     weights = [line for line in text.splitlines()
                if line.startswith(f"| {sweep}, distribution teacher | after | 1 |")]
     assert len(weights) == 1 and (tmp_path / "mnns-soft-weights.png").is_file()

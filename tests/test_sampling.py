@@ -224,12 +224,15 @@ BAD = [
 ]
 
 
+def assert_refused(sampler, kwargs: dict, error: type, message: str) -> None:
+    """sampler(logits (2, 10), k=3, **kwargs) raises error matching message."""
+    with pytest.raises(error, match=message):
+        sampler(**{"logits": torch.randn(2, 10), "k": 3, **kwargs})
+
+
 @pytest.mark.parametrize("kwargs,error,message", BAD, ids=lambda x: str(x)[:30])
 def test_bad_arguments_name_the_argument(kwargs, error, message):
-    args = dict(logits=torch.randn(2, 10), k=3)
-    args.update(kwargs)
-    with pytest.raises(error, match=message):
-        softgrpo.soft_sample(**args)
+    assert_refused(softgrpo.soft_sample, kwargs, error, message)
 
 
 def test_nan_and_fully_masked_rows_rejected_but_inf_masking_allowed():

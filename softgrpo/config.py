@@ -168,9 +168,6 @@ class TrainConfig:
         one_of("loss_agg", AGG_MODES)
         one_of("multiplex_logprob", MULTIPLEX_LOGPROBS)
         one_of("multiplex_ratio", MULTIPLEX_RATIOS)
-        if self.soft_policy == "multiplex" and self.backend == "vllm":
-            raise ValueError("soft_policy 'multiplex' runs with backend 'hf' (the vLLM adapter "
-                             "does not carry multiplex records yet)")
         one_of("dtype", ("auto", "float32", "bfloat16", "float16"))
         one_of("warm_start_teacher", TEACHERS)
         self.eval_mode_list()

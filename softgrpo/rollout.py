@@ -105,6 +105,14 @@ class SoftThinkingConfig:
         """Multiplex Thinking rollouts (soft_policy "multiplex")."""
         return self.soft_policy == "multiplex"
 
+    @property
+    def kept_width(self) -> int:
+        """W, the width of a step's kept-set record (Rollout.kept_ids): multiplex_top_k for
+        the multiplex policy with a top-k filter, else 0 (no kept sets: the gumbel policy's
+        records are its top-k ids; an unfiltered multiplex step's support is the
+        vocabulary)."""
+        return (self.multiplex_top_k or 0) if self.multiplex else 0
+
     def replace(self, **changes) -> SoftThinkingConfig:
         return dataclasses.replace(self, **changes)
 
@@ -228,29 +236,34 @@ def force_tokens(sample: SoftSample, rows: torch.Tensor, tokens: torch.Tensor,
 
 
 def multiplex_step(logits: torch.Tensor, config: SoftThinkingConfig, keys: torch.Tensor,
-                   t: int, soft: torch.Tensor) -> tuple[SoftSample, torch.Tensor]:
+                   t: int | torch.Tensor, soft: torch.Tensor) -> tuple[SoftSample, torch.Tensor]:
     """One step of multiplex records (spec 10): multiplex_sample for the rows ``soft``, an
     ordinary sample with the after-thinking filter for the others ([s, 0, ...] /
-    [l_s, -inf, ...]). Each row's logits are read by one op. Returns the sample (perturbed:
-    the draws' log-probs; logprob: the joint log-prob) and the kept sets (B, W), -1 outside
-    them and on discrete rows (W = 0 without a top-k filter)."""
+    [l_s, -inf, ...]). Each row's logits are read by one op. ``t``: the response position
+    (the noise offset), one int or (B,) per row. Returns the sample (perturbed: the draws'
+    log-probs; logprob: the joint log-prob) and the kept sets (B, W = config.kept_width), -1
+    outside them and on discrete rows."""
     b, k = logits.shape[0], config.k
     ids = torch.zeros(b, k, dtype=torch.int64, device=logits.device)
     perturbed = torch.full((b, k), -math.inf, device=logits.device)
     weights = torch.zeros(b, k, device=logits.device)
     logprob = torch.zeros(b, device=logits.device)
-    kept = torch.full((b, config.multiplex_top_k or 0), -1, dtype=torch.int64,
-                      device=logits.device)
+    kept = torch.full((b, config.kept_width), -1, dtype=torch.int64, device=logits.device)
     rows, other = soft.nonzero().squeeze(1), (~soft).nonzero().squeeze(1)
+
+    def offset(picked: torch.Tensor) -> int | torch.Tensor:  # the rows' own positions
+        return t[picked] if isinstance(t, torch.Tensor) else t
+
     if rows.numel():
         m = multiplex_sample(logits[rows], k, temperature=config.temperature,
                              top_k=config.multiplex_top_k, top_p=config.multiplex_top_p,
-                             weighting=config.multiplex_weighting, seed=keys[rows], offset=t)
+                             weighting=config.multiplex_weighting, seed=keys[rows],
+                             offset=offset(rows))
         ids[rows], perturbed[rows], weights[rows] = m.ids, m.logprobs, m.weights
         logprob[rows], kept[rows] = m.logprob, m.kept
     if other.numel():  # width 1: the discrete sample, then the padding slots
         d = soft_sample(logits[other], 1, temperature=config.temperature, seed=keys[other],
-                        offset=t, thinking=torch.zeros_like(other, dtype=torch.bool),
+                        offset=offset(other), thinking=torch.zeros_like(other, dtype=torch.bool),
                         discrete_k=config.after_top_k, discrete_top_p=config.after_top_p)
         ids[other, 0], perturbed[other, 0], weights[other, 0] = d.token, d.perturbed[:, 0], 1.0
         logprob[other] = d.logprob
@@ -273,8 +286,9 @@ class ThinkingPhase:
         self.kept: torch.Tensor | None = None
 
     def step(self, logits: torch.Tensor, keys: torch.Tensor, live: torch.Tensor,
-             t: int) -> tuple[SoftSample, torch.Tensor, torch.Tensor]:
-        """Sample step ``t`` of the rows ``live``; returns (sample, soft rows, forced rows)."""
+             t: int | torch.Tensor) -> tuple[SoftSample, torch.Tensor, torch.Tensor]:
+        """Sample step ``t`` (one response position, or (n,) per row: the noise offsets) of
+        the rows ``live``; returns (sample, soft rows, forced rows)."""
         c = self.config
         thinking, forced_at = self.thinking[live], self.forced_at[live]
         limited = c.max_thinking_tokens is not None

@@ -72,6 +72,27 @@ def test_records_follow_the_noise_keying(name):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+def test_multiplex_step_takes_per_row_offsets(name):
+    """Rows at different response positions in one call (as the vLLM adapter's batches hold
+    them), soft and discrete rows mixed, get the records each gets alone at its position."""
+    config = CONFIGS[name]
+    assert config.kept_width == (config.multiplex_top_k or 0)
+    assert config.replace(soft_policy="gumbel", k=5).kept_width == 0
+    logits = 3 * torch.randn(6, 40, generator=torch.Generator().manual_seed(0))
+    keys = noise_key(config.seed, torch.arange(6))
+    offsets = torch.tensor([0, 5, 5, 2, 9, 1])
+    soft = torch.tensor([True, False, True, True, False, True])
+    together, kept = multiplex_step(logits, config, keys, offsets, soft)
+    assert kept.shape == (6, config.kept_width)
+    for i in range(6):
+        alone, kept_alone = multiplex_step(logits[i:i + 1], config, keys[i:i + 1],
+                                           int(offsets[i]), soft[i:i + 1])
+        for field, want in zip(together, alone):
+            assert torch.equal(field[i:i + 1], want)
+        assert torch.equal(kept[i:i + 1], kept_alone)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_fed_inputs_are_the_records_mix_and_training_reproduces_the_rollout(name):
     model, _, rollout, trace = rollout_of(name)
     prompt = rollout.prompt_ids.shape[1]

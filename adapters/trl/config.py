@@ -49,7 +49,7 @@ class SoftGRPOConfig(GRPOConfig):
         conditional_weight (`float`, defaults to `0.0`): `"token"` only, in [0, 1].
         soft_policy (`str`, defaults to `"gumbel"`): `"gumbel"` (SofT-GRPO) or `"multiplex"`
             (Multiplex Thinking, spec 10: `top_k` is then the number of draws K, the paper's 3;
-            needs `loss_type="softgrpo"` and the Hugging Face rollouts, `use_vllm=False`).
+            needs `loss_type="softgrpo"`; either rollout path, `use_vllm` or not).
         multiplex_top_k (`int` or `None`), multiplex_top_p (`float`, defaults to `1.0`),
             multiplex_weighting (`str`, defaults to `"weighted"`): the multiplex filter and
             input mix (softgrpo.SoftThinkingConfig; the defaults are the release's).
@@ -120,13 +120,10 @@ class SoftGRPOConfig(GRPOConfig):
                 raise ValueError(f"{name} is not supported by SoftGRPOTrainer's soft rollouts")
         if self.kl_kind not in KL_KINDS:
             raise ValueError(f"kl_kind must be one of {KL_KINDS}, got {self.kl_kind!r}")
-        if self.soft_thinking_config().multiplex:  # validates the rollout settings now
-            if self.use_vllm:
-                raise NotImplementedError("soft_policy='multiplex' with use_vllm=True: the vLLM "
-                                          "adapter does not carry multiplex records yet")
-            if self.loss_type != LOSS_TYPE:
-                raise ValueError(f"soft_policy='multiplex' needs loss_type={LOSS_TYPE!r} (per-draw "
-                                 f"log-probs), got {self.loss_type!r}")
+        multiplex = self.soft_thinking_config().multiplex  # validates the rollout settings now
+        if multiplex and self.loss_type != LOSS_TYPE:
+            raise ValueError(f"soft_policy='multiplex' needs loss_type={LOSS_TYPE!r} (per-draw "
+                             f"log-probs), got {self.loss_type!r}")
         if self.multiplex_logprob not in MULTIPLEX_LOGPROBS:
             raise ValueError(f"multiplex_logprob must be one of {MULTIPLEX_LOGPROBS}, got "
                              f"{self.multiplex_logprob!r}")

@@ -202,8 +202,7 @@ class SoftGRPOTrainer(GRPOTrainer):
 
     def _fields(self) -> tuple[str, ...]:
         """The Rollout tensors carried in TRL's batch (and the multiplex kept sets)."""
-        kept = ("kept_ids",) if self.soft_config.multiplex_top_k and self.soft_config.multiplex \
-            else ()
+        kept = ("kept_ids",) if self.soft_config.kept_width else ()
         return POSITION_FIELDS + kept + ROW_FIELDS
 
     def _generate_and_score_completions(self, inputs):

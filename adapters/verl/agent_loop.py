@@ -6,7 +6,10 @@ Settings: the soft-token width K, top-p and temperature are verl's own sampling 
 the request (rollout.top_k / top_p / temperature, or rollout.val_kwargs when validating); the
 soft-thinking ones come from the trainer config's top-level ``softgrpo`` section (tau,
 noise_scale, noise_clamp, after_top_k, after_top_p, think_end, max_thinking_tokens, seed,
-mode), and so do the actor's likelihood and conditional_weight (records.py); the response budget is rollout.response_length. Each sample draws a fresh noise-key
+mode; soft_policy and, for Multiplex Thinking, multiplex_top_k, multiplex_top_p and
+multiplex_weighting: K is then the number of draws and rollout.top_p must be 1), and so do the
+actor's likelihood and conditional_weight (records.py; the policy's default when unset); the
+response budget is rollout.response_length. Each sample draws a fresh noise-key
 sequence id, stored in extra_fields[SEQUENCE_ID] so that a rollout can be replayed exactly.
 """
 
@@ -66,11 +69,10 @@ def soft_config(section: dict | None, sampling_params: dict[str, Any],
                                     max_new_tokens=int(response_length), **section)
     except TypeError as error:
         raise ValueError(f"the {SECTION} section: {error}") from error
-    if config.multiplex:
-        raise ValueError(f"{SECTION}.soft_policy 'multiplex' is not served by the "
-                         f"softgrpo_vllm rollout server yet (the vLLM adapter does not carry "
-                         "multiplex records); build records with agent_loop_output from an HF "
-                         "rollout")
+    if config.multiplex and config.top_p < 1.0:
+        raise ValueError(f"with {SECTION}.soft_policy 'multiplex' rollout.top_k is the number "
+                         f"of draws K and the filter is {SECTION}.multiplex_top_k / "
+                         f"multiplex_top_p: set rollout.top_p to 1 (got {config.top_p})")
     return config
 
 
@@ -128,6 +130,7 @@ class SoftThinkingAgentLoop(AgentLoopBase):
         score = {key: value for key, value in (self.config.get(SECTION) or {}).items()
                  if key in SCORE}
         fields = record_fields(records["ids"][:length], records["perturbed"][:length], config,
+                               kept=records["kept"][:length] if config.kept_width else None,
                                **score)
         return AgentLoopOutput(
             prompt_ids=prompt_ids, response_ids=records["token"][:length],

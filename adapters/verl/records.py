@@ -64,10 +64,11 @@ KEYS = (TOPK_IDS, PERTURBED, TAU, TEMPERATURE, NOISE_CLAMP, NOISE_SCALE, LIKELIH
         CONDITIONAL_WEIGHT, POLICY, WEIGHTING, KEPT)
 
 
-def record_fields(topk_ids, perturbed, config: SoftThinkingConfig, likelihood: str = "release",
+def record_fields(topk_ids, perturbed, config: SoftThinkingConfig, likelihood: str | None = None,
                   conditional_weight: float = 0.0, kept=None) -> dict:
     """The extra_fields entries of one sample from its (R, k) records (tensors, arrays or
-    lists), the rollout's settings and the likelihood the actor scores them with: int64 /
+    lists), the rollout's settings and the likelihood the actor scores them with (None: the
+    policy's default, "release" for gumbel records, "filtered" for multiplex ones): int64 /
     float32 arrays (-inf values kept), tau, temperature, noise clamp and scale, likelihood,
     the soft policy and, for multiplex records, the weighting and the (R, W) kept sets
     (None: W = 0).
@@ -83,6 +84,8 @@ def record_fields(topk_ids, perturbed, config: SoftThinkingConfig, likelihood: s
     kept = np.zeros((len(ids), 0), np.int64) if kept is None else np.asarray(kept, np.int64)
     if kept.ndim != 2 or len(kept) != len(ids):
         raise ValueError(f"kept must be (R, W) with R = {len(ids)}, got {kept.shape}")
+    if likelihood is None:
+        likelihood = "filtered" if config.multiplex else "release"
     if config.multiplex:
         if likelihood not in MULTIPLEX_LOGPROBS or conditional_weight:
             raise ValueError(f"multiplex records are scored with likelihood in "
@@ -111,8 +114,6 @@ def agent_loop_fields(rollout: Rollout, row: int, likelihood: str | None = None,
         record_fields' entries, R = the row's response length.
     """
     length = int(rollout.response_mask[row].sum())
-    if likelihood is None:
-        likelihood = "filtered" if rollout.config.multiplex else "release"
     kept = None if rollout.kept_ids is None else rollout.kept_ids[row, :length].cpu()
     return record_fields(rollout.topk_ids[row, :length].cpu(),
                          rollout.perturbed[row, :length].float().cpu(), rollout.config,

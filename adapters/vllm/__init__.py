@@ -1,4 +1,6 @@
-"""vLLM adapter: soft-thinking rollouts on the vLLM engine (spec sections 1-3).
+"""vLLM adapter: soft-thinking rollouts on the vLLM engine (spec sections 1-3), under either
+soft policy: SofT-GRPO's Gumbel-softmax top-k ("gumbel") or Multiplex Thinking ("multiplex",
+spec 10: the records are the draws, their log-probs and, with a top-k filter, the kept sets).
 
 Supported: vLLM 0.24 to 0.34 under whichever model runner the installed vLLM runs for the
 engine (a user's VLLM_USE_V2_MODEL_RUNNER is respected):
@@ -35,10 +37,10 @@ Mechanism (vLLM's own extension points; no vLLM code is patched):
   through row moves, swaps, slot reuse, preemption and re-admission.
 - Sampling (processor.py): SoftThinkingLogitsProcessor implements both of vLLM's
   logits-processor interfaces; its one sampling step (sample_rows) runs softgrpo.soft_sample
-  on the due rows' logits (seed = noise_key(config.seed, sequence id), offset = response
-  position t), drives the thinking phase with the HF adapter's per-row logic (full think-end
-  sequence, to_discrete, forced think-end after max_thinking_tokens, after-thinking filter),
-  stores the records, and leaves the text token as the only finite logit, so vLLM's sampler
+  (or softgrpo.multiplex_sample) on the due rows' logits (seed = noise_key(config.seed,
+  sequence id), offset = response position t), drives the thinking phase with the HF
+  adapter's per-row logic (full think-end sequence, to_discrete, forced think-end after
+  max_thinking_tokens, after-thinking filter), stores the records, and leaves the text token as the only finite logit, so vLLM's sampler
   emits exactly that token (EOS and length stops stay vLLM's). A row is due when its last
   input position is the one after the request's last record; rows still in chunked prefill
   are skipped (vLLM discards their sample).
@@ -46,7 +48,8 @@ Mechanism (vLLM's own extension points; no vLLM code is patched):
   architecture (registered in ModelRegistry, selected with hf_overrides={"architectures":
   [...]}; worker processes resolve it by name). The input of every position P + t of a soft
   request whose record t is a soft row becomes the model's embedding of the record,
-  sum_j w_j E[ids_j] times the model's embedding scale (spec 2.8), rebuilt from the records
+  sum_j w_j E[ids_j] times the model's embedding scale (spec 2.8; the weights by the
+  request's policy, TableEmbedder.records_of), rebuilt from the records
   for decode steps, chunked prefill and the recompute of a preempted request alike
   (preemption replays the stored mixes; nothing is resampled). V1 runner (runner_v1.py): the
   class's forward replaces the soft positions, locating rows through the runner's

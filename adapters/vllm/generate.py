@@ -46,10 +46,11 @@ def rollout_of(batch: PromptBatch, config: SoftThinkingConfig, tokens: list[list
     """The Rollout of the requests ``tags`` (one per batch row) from the text tokens vLLM
     returned and the records taken from the worker (RuntimeError if they disagree)."""
     steps = max(len(taken[tag]["token"]) for tag in tags)
-    records = RolloutRecords(len(tags), steps, config.k, batch.pad_id, torch.device("cpu"))
+    records = RolloutRecords(len(tags), steps, config.k, batch.pad_id, torch.device("cpu"),
+                             config.kept_width or None)
     eos = torch.tensor(batch.eos_ids, dtype=torch.int64)
     dtypes = dict(token=torch.int64, ids=torch.int64, perturbed=torch.float32,
-                  logprob=torch.float32, soft=torch.bool, forced=torch.bool)
+                  kept=torch.int64, logprob=torch.float32, soft=torch.bool, forced=torch.bool)
     for row, (tag, returned) in enumerate(zip(tags, tokens)):
         if taken[tag]["token"] != list(returned):
             raise RuntimeError(f"softgrpo: the records of request {tag} do not match the "
@@ -59,6 +60,8 @@ def rollout_of(batch: PromptBatch, config: SoftThinkingConfig, tokens: list[list
         records.response_ids[row, :n] = got["token"]
         records.topk_ids[row, :n] = got["ids"]
         records.perturbed[row, :n] = got["perturbed"]
+        if records.kept_ids is not None:  # the multiplex filter's kept sets
+            records.kept_ids[row, :n] = got["kept"]
         records.logprobs[row, :n] = got["logprob"]
         records.response_mask[row, :n] = True
         records.thinking_mask[row, :n] = got["soft"]

@@ -1,9 +1,10 @@
 """The vLLM logits processor that samples every soft-thinking step, for both model runners.
 
 A request opts in with ``SamplingParams.extra_args["softgrpo"]`` (see :func:`request_payload`).
-Each step the processor runs softgrpo.soft_sample on the logits of the rows whose step is
-real (not a partial prefill), with the request's noise key and its response position as
-offset, drives the thinking phase (think-end detection, forced think-end, to_discrete) with
+Each step the processor runs softgrpo.soft_sample (the gumbel policy) or
+softgrpo.multiplex_sample (the multiplex policy, spec 10) on the logits of the rows whose
+step is real (not a partial prefill), with the request's noise key and its response position
+as offset, drives the thinking phase (think-end detection, forced think-end, to_discrete) with
 the same per-row logic as the Hugging Face adapter, stores the records in the request's
 :class:`~.state.RequestState`, and forces vLLM's sampler to emit the step's text token by
 leaving that token the only finite logit.
@@ -118,9 +119,10 @@ def validate(params: SamplingParams) -> None:
 def sample_rows(logits: torch.Tensor, due: list[tuple[int, RequestState, int]]) -> None:
     """The soft-thinking step of the logits rows ``due`` ((row, state, response position t),
     see SoftRuntime.due), in place: rows grouped by (config, think-end ids) load their phases
-    into the shared per-row phase logic (softgrpo.rollout.ThinkingPhase: soft_sample with the
-    request's noise key and offset t), store the records, write the phases back, and leave the
-    step's text token the only finite logit. The one sampling step of both runners."""
+    into the shared per-row phase logic (softgrpo.rollout.ThinkingPhase: soft_sample, or
+    multiplex_sample for the multiplex policy, with the request's noise key and offset t, as
+    the Hugging Face adapter keys them), store the records, write the phases back, and leave
+    the step's text token the only finite logit. The one sampling step of both runners."""
     groups: dict[tuple, list[tuple[int, RequestState, int]]] = {}
     for item in due:
         groups.setdefault((item[1].config, item[1].think_end), []).append(item)
@@ -138,12 +140,14 @@ def sample_rows(logits: torch.Tensor, due: list[tuple[int, RequestState, int]]) 
         sample, soft, forced = phase.step(logits[rows], keys, torch.arange(n, device=device),
                                           offsets)
         ids, perturbed = sample.ids.cpu(), sample.perturbed.cpu()
+        kept = [None] * n if phase.kept is None else phase.kept.cpu()  # multiplex kept sets
         tokens, logprobs = sample.token.tolist(), sample.logprob.tolist()
         soft, forced = soft.tolist(), forced.tolist()
         thinking, steps = phase.thinking.tolist(), phase.steps.tolist()
         forced_at, windows = phase.forced_at.tolist(), phase.tracker.window.cpu()
         for i, state in enumerate(states):
-            state.append(ids[i], perturbed[i], tokens[i], logprobs[i], soft[i], forced[i])
+            state.append(ids[i], perturbed[i], kept[i], tokens[i], logprobs[i], soft[i],
+                         forced[i])
             state.thinking, state.thinking_steps = thinking[i], steps[i]
             state.forced_at, state.window = forced_at[i], windows[i]
         logits[rows] = -math.inf
@@ -179,7 +183,8 @@ _NOT_LOADED = ("softgrpo: a soft-thinking request reached the sampler but the mo
 
 
 class SoftThinkingLogitsProcessor(*_interfaces()):
-    """Samples soft-thinking steps with softgrpo.soft_sample, under either model runner.
+    """Samples soft-thinking steps (softgrpo.soft_sample or multiplex_sample, by the request's
+    soft_policy) under either model runner.
 
     V1 runner: vLLM calls ``__init__(vllm_config, device, is_pin_memory)``, ``update_state``
     with the persistent batch's add/remove/move events and ``apply(logits)`` on the batch

@@ -26,8 +26,10 @@ _INITIAL_STEPS = 64
 
 class RequestState:
     """One request: its noise key, phase (thinking, thinking steps, forced think-end index,
-    think-end window) and growing per-step records (text token, top-k ids, perturbed values,
-    rollout log-prob, soft-row and forced flags)."""
+    think-end window) and growing per-step records (text token, the (k,) ids and perturbed
+    values: the gumbel policy's top-k ids and perturbed log-probs, or the multiplex policy's
+    draws and their log-probs, from which the mix weights follow; the multiplex filter's
+    (W,) kept set, W = config.kept_width; rollout log-prob, soft-row and forced flags)."""
 
     def __init__(self, tag: str, config: SoftThinkingConfig, sequence_id: int,
                  think_end: tuple[int, ...], prompt_len: int):
@@ -44,21 +46,25 @@ class RequestState:
         capacity = min(_INITIAL_STEPS, config.max_new_tokens)
         self.ids = torch.zeros(capacity, config.k, dtype=torch.int64)
         self.perturbed = torch.zeros(capacity, config.k)
+        self.kept = torch.full((capacity, config.kept_width), -1, dtype=torch.int64)
 
     @property
     def length(self) -> int:
         return len(self.token)
 
-    def append(self, ids: torch.Tensor, perturbed: torch.Tensor, token: int, logprob: float,
-               soft: bool, forced: bool) -> None:
-        """Store step ``self.length``: its (k,) top-k ids and perturbed values and the rest."""
+    def append(self, ids: torch.Tensor, perturbed: torch.Tensor, kept: torch.Tensor | None,
+               token: int, logprob: float, soft: bool, forced: bool) -> None:
+        """Store step ``self.length``: its (k,) ids and perturbed values, its (W,) kept set
+        (None when W = 0) and the rest."""
         t = self.length
-        if t == self.ids.shape[0]:  # grow the tensors by doubling
-            grown = min(2 * t, self.config.max_new_tokens)
-            self.ids = torch.cat([self.ids, self.ids.new_zeros(grown - t, self.config.k)])
-            self.perturbed = torch.cat([self.perturbed,
-                                        self.perturbed.new_zeros(grown - t, self.config.k)])
+        if t == self.ids.shape[0]:  # grow the buffers by doubling
+            more = min(2 * t, self.config.max_new_tokens) - t
+            self.ids, self.perturbed, self.kept = [
+                torch.cat([buffer, buffer.new_full((more, buffer.shape[1]), fill)])
+                for buffer, fill in ((self.ids, 0), (self.perturbed, 0.0), (self.kept, -1))]
         self.ids[t], self.perturbed[t] = ids, perturbed
+        if kept is not None:
+            self.kept[t] = kept
         self.token.append(token)
         self.logprob.append(logprob)
         self.soft.append(soft)
@@ -67,13 +73,16 @@ class RequestState:
     def records(self) -> dict[str, list | int]:
         """The records of the steps so far as plain lists (they cross vLLM's process
         boundaries by msgpack, which does not keep tensors nested in a result)."""
-        return {"token": self.token, "ids": self.ids[:self.length].tolist(),
-                "perturbed": self.perturbed[:self.length].tolist(), "logprob": self.logprob,
-                "soft": self.soft, "forced": self.forced, "resumes": self.resumes}
+        n = self.length
+        return {"token": self.token, "ids": self.ids[:n].tolist(),
+                "perturbed": self.perturbed[:n].tolist(), "kept": self.kept[:n].tolist(),
+                "logprob": self.logprob, "soft": self.soft, "forced": self.forced,
+                "resumes": self.resumes}
 
 
-# records (n, k) ids, (n, k) perturbed values, tau -> (n, H) input embeddings
-RecordEmbedder = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+# records (n, k) ids, (n, k) perturbed values, their config -> (n, H) input embeddings
+# (TableEmbedder.records_of)
+RecordEmbedder = Callable[[torch.Tensor, torch.Tensor, SoftThinkingConfig], torch.Tensor]
 
 
 @dataclass
@@ -135,7 +144,9 @@ class SoftRuntime:
                     query_start_loc: list[int], rows: dict[int, RequestState]) -> torch.Tensor:
         """Replace, in the flattened token batch ``embeds`` (N, H), the input of every soft
         request's position P + t whose record t is a soft row by the model's embedding of the
-        record (sum_j w_j E[ids_j], spec 2.8); record each batch row's last position.
+        record (sum_j w_j E[ids_j], spec 2.8 and 10, the weights by each request's config:
+        requests of several configs, policies or widths k can share the batch); record each
+        batch row's last position.
         ``query_start_loc``: the batch rows' token offsets; ``rows``: batch row -> state of
         the rows that hold soft requests."""
         self.last_position = {}
@@ -160,13 +171,13 @@ class SoftRuntime:
                 if state.soft[t]:
                     where.append(start + prompt + t - first)
                     picks.append((state, t))
-        if where:
-            ids = torch.stack([state.ids[t] for state, t in picks])
-            perturbed = torch.stack([state.perturbed[t] for state, t in picks])
-            taus = torch.tensor([state.config.tau for state, _ in picks])
-            where = torch.tensor(where)
-            for tau in taus.unique().tolist():
-                pick = taus == tau
-                soft = self.embed_records(ids[pick], perturbed[pick], tau)
-                embeds[where[pick].to(embeds.device)] = soft.to(embeds.dtype)
+        groups: dict[SoftThinkingConfig, list[int]] = {}
+        for i, (state, _) in enumerate(picks):
+            groups.setdefault(state.config, []).append(i)
+        for config, members in groups.items():
+            ids = torch.stack([picks[i][0].ids[picks[i][1]] for i in members])
+            perturbed = torch.stack([picks[i][0].perturbed[picks[i][1]] for i in members])
+            soft = self.embed_records(ids, perturbed, config)
+            embeds[torch.tensor([where[i] for i in members], device=embeds.device)] = \
+                soft.to(embeds.dtype)
         return embeds

@@ -48,7 +48,7 @@ def link(model_runner, v2: bool | None = None) -> SoftRuntime:
     runner = _runner(uses_v2(model_runner) if v2 is None else v2)
     runtime = runner.processor(model_runner).runtime
     runner.attach(model_runner, runtime)
-    runtime.embed_records = input_embedder(model_runner.get_model()).records
+    runtime.embed_records = input_embedder(model_runner.get_model()).records_of
     return runtime
 
 

@@ -391,6 +391,13 @@ def test_multiplex_settings_are_checked(tiny):
     rollout = generate(model, tokenizer, PROMPTS[:1], MULTIPLEX["release"])
     with pytest.raises(ValueError, match="filtered"):
         sv.agent_loop_output(rollout, 0, likelihood="release")
-    with pytest.raises(ValueError, match="not served"):
-        soft_config({"soft_policy": "multiplex"}, {"top_k": 3, "top_p": 1.0,
-                                                   "temperature": 1.0}, 16)
+    # the policy's default likelihood, with or without an explicit one
+    assert sv.record_fields(rollout.topk_ids[0], rollout.perturbed[0], rollout.config)[
+        sv.LIKELIHOOD] == "filtered"
+    # the softgrpo_vllm server serves multiplex requests: K from rollout.top_k, the filter
+    # from the section (end to end in tests/verl_vllm)
+    section = {"soft_policy": "multiplex", "multiplex_top_k": 4}
+    config = soft_config(section, {"top_k": 3, "top_p": 1.0, "temperature": 1.0}, 16)
+    assert config.multiplex and config.k == 3 and config.kept_width == 4
+    with pytest.raises(ValueError, match="multiplex_top_p"):
+        soft_config(section, {"top_k": 3, "top_p": 0.9, "temperature": 1.0}, 16)

@@ -5,7 +5,10 @@ AgentLoopWorker (verl's class, here in this process) runs the "softgrpo_single_t
 loop on a batch of chat prompts. Checks: the records reach the batch's non_tensor_batch
 aligned with verl's responses, and they are the Hugging Face adapter's rollout for the same
 prompts, settings and noise-key sequence ids.
-Usage: python verl_rollout_check.py CHECKPOINT RECIPE_DIR; prints OK. CHECKPOINT: conftest's
+Usage: python verl_rollout_check.py CHECKPOINT RECIPE_DIR POLICY; prints OK. POLICY: gumbel
+(the recipe's settings) or multiplex (the recipe switched to Multiplex Thinking: K = 3 draws
+from rollout.top_k, rollout.top_p 1, a top-k 6 filter whose kept sets travel with the
+records, the "filtered" likelihood). CHECKPOINT: conftest's
 Llama checkpoint (its tokenizer splits </think>; verl's token builder for model_type qwen2
 would expect a Qwen tokenizer)."""
 
@@ -17,9 +20,13 @@ import numpy as np
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 PROMPTS = ["1 + 2 =", "x = 3 so", "the answer is"]
+POLICIES = {"gumbel": [],
+            "multiplex": ["+softgrpo.soft_policy=multiplex", "+softgrpo.multiplex_top_k=6",
+                          "softgrpo.likelihood=filtered", "actor_rollout_ref.rollout.top_k=3",
+                          "actor_rollout_ref.rollout.top_p=1.0"]}
 
 
-def compose(checkpoint: str, recipe: str):
+def compose(checkpoint: str, recipe: str, policy: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import open_dict
@@ -36,7 +43,7 @@ def compose(checkpoint: str, recipe: str):
         "actor_rollout_ref.rollout.free_cache_engine=False",
         "+actor_rollout_ref.rollout.enable_sleep_mode=False",  # a CUDA feature
         "actor_rollout_ref.rollout.agent.num_workers=1",
-        "softgrpo.seed=5", "+softgrpo.max_thinking_tokens=4",
+        "softgrpo.seed=5", "+softgrpo.max_thinking_tokens=4", *POLICIES[policy],
     ]
     with initialize_config_dir(config_dir=recipe, version_base=None):
         config = hydra_compose(config_name="softgrpo_r1_distill_qwen_1.5b", overrides=overrides)
@@ -71,7 +78,7 @@ async def rollout(config):
     return await worker.generate_sequences(batch)
 
 
-def main(checkpoint: str, recipe: str) -> None:
+def main(checkpoint: str, recipe: str, policy: str) -> None:
     import ray
     import torch
     from hf_models import make_tokenizer
@@ -81,7 +88,7 @@ def main(checkpoint: str, recipe: str) -> None:
     from softgrpo.adapters import hf
     from softgrpo.adapters.verl.agent_loop import soft_config
 
-    config = compose(checkpoint, recipe)
+    config = compose(checkpoint, recipe, policy)
     env = {"VERL_USE_EXTERNAL_MODULES": "softgrpo.adapters.verl", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -97,15 +104,16 @@ def main(checkpoint: str, recipe: str) -> None:
                        rollout_cfg.response_length)
     responses, masks = out.batch["responses"], out.batch["response_mask"]
     ids, perturbed = out.non_tensor_batch[sv.TOPK_IDS], out.non_tensor_batch[sv.PERTURBED]
+    kept = out.non_tensor_batch[sv.KEPT]
     assert all(float(t) == soft.tau for t in out.non_tensor_batch[sv.TAU])
-    soft_rows = 0
+    assert set(out.non_tensor_batch[sv.POLICY]) == {soft.soft_policy}
+    assert set(out.non_tensor_batch[sv.LIKELIHOOD]) == {config.softgrpo.likelihood}
     for row in range(len(PROMPTS)):
         length = len(ids[row])
         assert ids[row].shape == perturbed[row].shape == (length, soft.k)
+        assert kept[row].shape == (length, soft.kept_width)
         assert torch.equal(responses[row, :length], torch.as_tensor(ids[row][:, 0]))
         assert int(masks[row].sum()) <= length and not masks[row, length:].any()
-        soft_rows += int((ids[row][:, 1:] != 0).any(-1).sum())
-    assert soft_rows > 0, "no soft rows: the check would prove nothing"
 
     # the Hugging Face adapter's rollout of the same prompts, settings and sequence ids
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
@@ -114,10 +122,13 @@ def main(checkpoint: str, recipe: str) -> None:
     sequence_ids = torch.tensor([int(s) for s in out.non_tensor_batch[sv.SEQUENCE_ID]])
     reference = hf.generate(model, make_tokenizer(split_think_end=True), config=soft, input_ids=prompts,
                             attention_mask=prompt_mask, sequence_ids=sequence_ids)
+    assert reference.thinking_mask.any(), "no soft rows: the check would prove nothing"
     for row in range(len(PROMPTS)):
         length = int(reference.response_mask[row].sum())
         assert len(ids[row]) == length, (len(ids[row]), length)
         assert torch.equal(torch.as_tensor(ids[row]), reference.topk_ids[row, :length])
+        if soft.kept_width:
+            assert torch.equal(torch.as_tensor(kept[row]), reference.kept_ids[row, :length])
         torch.testing.assert_close(torch.as_tensor(perturbed[row]),
                                    reference.perturbed[row, :length], rtol=0, atol=1e-3)
         forced = reference.forced_mask[row, :length]

@@ -78,6 +78,8 @@ def test_bad_request_options_rejected(qwen, changes, message):
     (dict(config=SoftThinkingConfig(think_end="</answer>")), ValueError, "think_end"),
     (dict(config=SoftThinkingConfig(max_new_tokens=126)), ValueError, "max_model_len"),
     (dict(config=SoftThinkingConfig(k=20, after_top_k=60)), ValueError, "after_top_k"),
+    (dict(config=SoftThinkingConfig(soft_policy="multiplex", k=3, multiplex_top_k=60)),
+     ValueError, "multiplex_top_k"),
 ])
 def test_bad_generate_arguments_rejected(qwen, kwargs, error, message):
     llm, _, tokenizer = qwen

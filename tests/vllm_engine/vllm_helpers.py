@@ -9,7 +9,18 @@ import torch
 
 from softgrpo import noise_key, soft_sample
 from softgrpo.adapters.hf import input_embeddings
-from softgrpo.rollout import Rollout
+from softgrpo.ops.sampling import SoftSample
+from softgrpo.rollout import Rollout, SoftThinkingConfig, multiplex_step
+
+# the two soft policies the vLLM tests run: SofT-GRPO's, and Multiplex Thinking's with a
+# top-k / top-p filter (so kept sets are recorded) and K = 3 draws
+MULTIPLEX = dict(soft_policy="multiplex", k=3, multiplex_top_k=6, multiplex_top_p=0.9)
+POLICIES = {"gumbel": {}, "multiplex": MULTIPLEX}
+
+
+def with_policy(config: SoftThinkingConfig, policy: str) -> SoftThinkingConfig:
+    """``config`` under the soft policy ``policy`` (a key of POLICIES)."""
+    return config.replace(**POLICIES[policy])
 
 # The Qwen2 engine runs under pressure: 4 usable KV blocks of 32 tokens (one max_model_len;
 # vLLM keeps one block back), at most 4 sequences and 32 scheduled tokens per step, so long
@@ -33,24 +44,38 @@ def replay_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     return logits[:, prompt - 1:prompt - 1 + steps].float()
 
 
+def _resample(z: torch.Tensor, config: SoftThinkingConfig, keys: torch.Tensor,
+              offsets: torch.Tensor, thinking: bool) -> tuple[SoftSample, torch.Tensor | None]:
+    """Every row of ``z`` sampled as a thinking step (or an after-thinking one) of the
+    rollout's policy with per-row noise keys and offsets; the multiplex kept sets."""
+    rows = torch.full((len(z),), thinking, dtype=torch.bool)
+    if config.multiplex:
+        return multiplex_step(z, config, keys, offsets, rows)
+    c = config
+    return soft_sample(z, c.k, temperature=c.temperature, top_p=c.top_p, tau=c.tau,
+                       noise_scale=c.noise_scale, seed=keys, offset=offsets, thinking=rows,
+                       noise_clamp=c.noise_clamp, discrete_k=c.after_top_k,
+                       discrete_top_p=c.after_top_p), None
+
+
 def replay_errors(model: torch.nn.Module, rollout: Rollout) -> dict[str, float]:
     """Re-sample every recorded step from the replayed logits with the same noise keys and
-    compare. Soft rows: ids, perturbed values and rollout log-prob of a thinking step.
-    Discrete rows (not forced): the token and perturbed slot 0 of either the after-thinking
-    sample or, for the step that completed the think-end sequence, the soft sample.
-    Returns the largest perturbed error and the number of mismatched ids / tokens."""
+    compare. Soft rows: ids (the gumbel top-k or the multiplex draws), perturbed values (the
+    draws' log-probs), kept sets and rollout log-prob of a thinking step. Discrete rows (not
+    forced): the token and perturbed slot 0 of either the after-thinking sample or, for the
+    step that completed the think-end sequence, the soft sample; their other slots hold the
+    policy's padding. Returns the largest perturbed error and the number of mismatched ids /
+    tokens / kept sets."""
     c = rollout.config
     rows, steps = rollout.response_mask.shape
     logits = replay_logits(model, rollout)
     keys = noise_key(c.seed, rollout.sequence_ids)[:, None].expand(rows, steps)
     offsets = torch.arange(steps)[None].expand(rows, steps)
     live = rollout.response_mask
-    args = dict(temperature=c.temperature, top_p=c.top_p, tau=c.tau, noise_scale=c.noise_scale,
-                seed=keys[live], offset=offsets[live], noise_clamp=c.noise_clamp,
-                discrete_k=c.after_top_k, discrete_top_p=c.after_top_p)
     z = logits[live]
-    soft = soft_sample(z, c.k, thinking=torch.ones(len(z), dtype=torch.bool), **args)
-    disc = soft_sample(z, c.k, thinking=torch.zeros(len(z), dtype=torch.bool), **args)
+    soft, kept = _resample(z, c, keys[live], offsets[live], thinking=True)
+    disc, _ = _resample(z, c, keys[live], offsets[live], thinking=False)
+    padding = -torch.inf if c.multiplex else 0.0
     ids, perturbed = rollout.topk_ids[live], rollout.perturbed[live]
     thinking, forced = rollout.thinking_mask[live], rollout.forced_mask[live]
     s = thinking
@@ -64,26 +89,35 @@ def replay_errors(model: torch.nn.Module, rollout: Rollout) -> dict[str, float]:
             "soft_logprob": float((rollout.logprobs[live][s] - soft.logprob[s]).abs().max())
             if s.any() else 0.0,
             "soft_ids": int((ids[s] != soft.ids[s]).any(-1).sum()),
+            "soft_kept": int((rollout.kept_ids[live][s] != kept[s]).any(-1).sum())
+            if c.kept_width else 0,
             "discrete_tokens": int((~(as_after | as_end)).sum()),
-            "discrete_tails": int((ids[d, 1:] != 0).any(-1).sum() + (perturbed[d, 1:] != 0)
+            "discrete_tails": int((ids[d, 1:] != 0).any(-1).sum() + (perturbed[d, 1:] != padding)
                                   .any(-1).sum())}
 
 
 def as_discrete_inputs(rollout: Rollout) -> Rollout:
     """The same records but every position's input is its text token's embedding: what a
-    rollout that fed sampled tokens instead of soft tokens would have seen."""
+    rollout that fed sampled tokens instead of soft tokens would have seen (discrete rows of
+    the rollout's policy: [s, 0, ...] / [0, 0, ...], or [0, -inf, ...] for multiplex)."""
     ids = torch.zeros_like(rollout.topk_ids)
     ids[..., 0] = rollout.response_ids
-    return dataclasses.replace(rollout, topk_ids=ids, perturbed=torch.zeros_like(
-        rollout.perturbed))
+    perturbed = torch.zeros_like(rollout.perturbed)
+    if rollout.config.multiplex:
+        perturbed[..., 1:] = -torch.inf
+    return dataclasses.replace(rollout, topk_ids=ids, perturbed=perturbed)
 
 
 def assert_same_rollout(a: Rollout, b: Rollout, *, atol: float) -> None:
-    """Same tokens, masks and top-k ids; perturbed values and log-probs within ``atol`` (soft
-    thinking is chaotic at tau = 0.1: fp32 differences grow step by step)."""
+    """Same tokens, masks, top-k ids (multiplex: draws) and kept sets; perturbed values and
+    log-probs within ``atol`` (soft thinking is chaotic at tau = 0.1: fp32 differences grow
+    step by step)."""
     for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "thinking_mask",
                  "forced_mask", "topk_ids", "finished", "sequence_ids"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert (a.kept_ids is None) == (b.kept_ids is None), "kept_ids"
+    if a.kept_ids is not None:
+        assert torch.equal(a.kept_ids, b.kept_ids), "kept_ids"
     torch.testing.assert_close(a.perturbed, b.perturbed, rtol=0, atol=atol)
     torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=atol)
     assert a.texts == b.texts

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
+import itertools
 import random
 from types import SimpleNamespace
 
@@ -164,15 +165,28 @@ class Driver:
         """Soft-thinking rollouts of ``prompts`` through the runner's bookkeeping; the same
         Rollout softgrpo.adapters.vllm.generate returns. At each step in ``preempt_steps`` the
         running request with the most outputs (the first by id on a tie) is preempted."""
-        batch = prepare_prompts(tokenizer, prompts, config, None, None, sequence_ids,
-                                vocab_size=self.model.hf.config.vocab_size,
-                                max_length=(self.vllm_config.model_config.max_model_len,
-                                            "max_model_len"),
-                                eos_ids=eos_token_ids(self.model.hf, tokenizer), device="cpu")
-        token_prompts, params, tags = requests_of(batch, config)
-        waiting = [_Request(f"req-{i}", list(p["prompt_token_ids"]), q)
-                   for i, (p, q) in enumerate(zip(token_prompts, params))]
-        requests = list(waiting)
+        return self.run_together(tokenizer, [(prompts, config, sequence_ids)], preempt_steps)[0]
+
+    def run_together(self, tokenizer, jobs: list[tuple[list[str], SoftThinkingConfig,
+                                                       torch.Tensor]],
+                     preempt_steps: tuple[int, ...] = ()) -> list[Rollout]:
+        """:meth:`run` for several (prompts, config, sequence ids) at once: their requests
+        share the batches (as a server's concurrent generate calls do); one Rollout each."""
+        batches, tag_lists, requests = [], [], []
+        for prompts, config, sequence_ids in jobs:
+            batch = prepare_prompts(tokenizer, prompts, config, None, None, sequence_ids,
+                                    vocab_size=self.model.hf.config.vocab_size,
+                                    max_length=(self.vllm_config.model_config.max_model_len,
+                                                "max_model_len"),
+                                    eos_ids=eos_token_ids(self.model.hf, tokenizer),
+                                    device="cpu")
+            token_prompts, params, tags = requests_of(batch, config)
+            batches.append(batch)
+            tag_lists.append(tags)
+            requests.append([_Request(f"req-{len(requests)}-{i}", list(p["prompt_token_ids"]),
+                                      q) for i, (p, q) in enumerate(zip(token_prompts, params))])
+        waiting = [request for group in itertools.zip_longest(*requests)  # interleaved
+                   for request in group if request is not None]
         running: dict[str, tuple[_Request, int]] = {}
         step = 0
         while waiting or running:
@@ -208,8 +222,9 @@ class Driver:
                 if token in params.stop_token_ids or len(request.outputs) == params.max_tokens:
                     del running[request.req_id]  # finished, removed before the next step
                     self._remove(request, key, preempted=False)
-        taken = self.runtime.take(tags)
-        return rollout_of(batch, config, [r.outputs for r in requests], taken, tags, tokenizer)
+        return [rollout_of(batch, config, [r.outputs for r in job],
+                           self.runtime.take(tags), tags, tokenizer)
+                for batch, (_, config, _), job, tags in zip(batches, jobs, requests, tag_lists)]
 
 
 class V2Driver(Driver):

@@ -270,6 +270,22 @@ def multiplex_step(logits: torch.Tensor, config: SoftThinkingConfig, keys: torch
     return SoftSample(ids, perturbed, weights, ids[:, 0], logprob), kept
 
 
+def policy_step(logits: torch.Tensor, config: SoftThinkingConfig, keys: torch.Tensor,
+                t: int | torch.Tensor,
+                soft: torch.Tensor) -> tuple[SoftSample, torch.Tensor | None]:
+    """One sampling step of the config's soft policy: the rows ``soft`` take a soft step
+    (soft_sample's Gumbel top-k, or multiplex_step's draws), the others an ordinary sample
+    with the after-thinking filter; noise keys ``keys``, offset ``t`` (one int or one per
+    row). Returns the sample and the multiplex kept sets (None under the gumbel policy)."""
+    c = config
+    if c.multiplex:
+        return multiplex_step(logits, c, keys, t, soft)
+    return soft_sample(logits, c.k, temperature=c.temperature, top_p=c.top_p, tau=c.tau,
+                       noise_scale=c.noise_scale, seed=keys, offset=t, thinking=soft,
+                       noise_clamp=c.noise_clamp, discrete_k=c.after_top_k,
+                       discrete_top_p=c.after_top_p), None
+
+
 class ThinkingPhase:
     """Per-row phase: thinking until the think-end sequence, forced think-end after
     config.max_thinking_tokens sampled thinking steps. With the multiplex policy, ``kept``
@@ -298,13 +314,7 @@ class ThinkingPhase:
         forced = forced_at >= 0
         soft = thinking & ~forced & (c.mode == "soft")
         padding = -math.inf if c.multiplex else 0.0  # a discrete row's slots 1..
-        if c.multiplex:
-            sample, self.kept = multiplex_step(logits, c, keys, t, soft)
-        else:
-            sample = soft_sample(logits, c.k, temperature=c.temperature, top_p=c.top_p,
-                                 tau=c.tau, noise_scale=c.noise_scale, seed=keys, offset=t,
-                                 thinking=soft, noise_clamp=c.noise_clamp,
-                                 discrete_k=c.after_top_k, discrete_top_p=c.after_top_p)
+        sample, self.kept = policy_step(logits, c, keys, t, soft)
         if limited and forced.any():  # (a host sync: skipped when nothing can be forced)
             sample = force_tokens(sample, forced, self.pattern[forced_at.clamp(min=0)], logits,
                                   c.temperature, padding)

